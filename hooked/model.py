@@ -1,0 +1,368 @@
+"""``HookedModel``: one interface over two hook backends (TransformerLens bridge, nnsight)."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Iterable, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from . import positions as P
+from . import sites as S
+from .activations import ActivationSet, ShardWriter
+from .backends import BACKENDS, PlanItem
+from .context import HookContext, HookFn, HookHandle
+
+
+def _check_prompts(prompts) -> list[str]:
+    if isinstance(prompts, str):
+        return [prompts]
+    try:
+        prompts = list(prompts)
+    except TypeError:
+        raise TypeError(f"prompts must be a string or a list of strings; got {type(prompts).__name__}.") from None
+    if not prompts:
+        raise ValueError("prompts is empty; pass at least one string.")
+    for i, p in enumerate(prompts):
+        if not isinstance(p, str):
+            raise TypeError(f"prompts[{i}] is {type(p).__name__} ({p!r}); every prompt must be a string.")
+    return prompts
+
+
+class HookedModel:
+    """A causal LM with named sites, capture, hooks and generation.
+
+    Build one with :func:`hooked.load_model` or :func:`hooked.tiny_model`.
+    ``backend="tl"`` hooks through the TransformerLens 4 bridge, ``"nnsight"``
+    through an nnsight trace; both give the same numbers as plain ``transformers``.
+
+    BOS handling is explicit and identical on both backends: prompts are tokenized
+    here (never by the backend), with the tokenizer's own special-token rule by
+    default (``prepend_bos=None``), or with a BOS forced on (``True``) or off
+    (``False``). Batches are left-padded and position ids follow each prompt's real
+    tokens, so a padded batch gives the same numbers as the prompts one by one.
+    """
+
+    def __init__(self, hf_model, tokenizer, backend: str = "tl", name: str | None = None,
+                 prepend_bos: bool | None = None, backend_object=None, max_length: int | None = None,
+                 truncate: bool = False):
+        if backend not in BACKENDS:
+            raise ValueError(f"Unknown backend {backend!r}; use one of {sorted(BACKENDS)}.")
+        self.arch = S.arch_of(hf_model.config)
+        hf_model.eval()
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        tokenizer.padding_side = "left"
+        self.tokenizer = tokenizer
+        if backend_object is not None:
+            self._backend = (
+                BACKENDS[backend](None, tokenizer, self.arch, bridge=backend_object)
+                if backend == "tl"
+                else BACKENDS[backend](None, tokenizer, self.arch, lm=backend_object)
+            )
+        else:
+            self._backend = BACKENDS[backend](hf_model, tokenizer, self.arch)
+        self.hf_model = self._backend.hf_model
+        self.backend = backend
+        self.name = name or getattr(hf_model.config, "_name_or_path", "") or self.arch
+        self.prepend_bos = prepend_bos
+        self.truncate = truncate
+        cfg = self.hf_model.config
+        self.n_layers = cfg.num_hidden_layers if hasattr(cfg, "num_hidden_layers") else cfg.n_layer
+        self.d_model = cfg.hidden_size
+        self.n_heads = cfg.num_attention_heads
+        self.d_head = getattr(cfg, "head_dim", None) or self.d_model // self.n_heads
+        self.d_mlp = getattr(cfg, "intermediate_size", None) or getattr(cfg, "n_inner", None) or 4 * self.d_model
+        self.vocab_size = self.hf_model.get_output_embeddings().weight.shape[0]
+        self.max_length = max_length or getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
+        self._hooks: dict[str, list[HookFn]] = {}
+
+    # ------------------------------------------------------------------ basics
+    @property
+    def device(self) -> torch.device:
+        return next(self.hf_model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.hf_model.parameters()).dtype
+
+    @property
+    def final_norm_module(self) -> torch.nn.Module:
+        return self.hf_model.transformer.ln_f if self.arch == "gpt2" else self.hf_model.model.norm
+
+    def unembed(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply the unembedding (``lm_head``) to ``x`` ``[..., d_model]``."""
+        return self.hf_model.get_output_embeddings()(x)
+
+    def layer_module(self, layer: int) -> torch.nn.Module:
+        root = self.hf_model.transformer.h if self.arch == "gpt2" else self.hf_model.model.layers
+        return root[layer]
+
+    def sites(self, spec="*") -> list[str]:
+        """Concrete site names matching ``spec`` (a name, pattern or list)."""
+        return S.expand(self, spec, self.arch)
+
+    def __repr__(self) -> str:
+        return (
+            f"HookedModel({self.name!r}, arch={self.arch}, backend={self.backend}, layers={self.n_layers}, "
+            f"d_model={self.d_model}, dtype={self.dtype}, device={self.device})"
+        )
+
+    # ------------------------------------------------------------------ tokens
+    def tokenize(self, prompts, prepend_bos: bool | None = None) -> dict[str, torch.Tensor]:
+        """Left-padded ``input_ids`` and ``attention_mask`` for ``prompts``."""
+        prompts = _check_prompts(prompts)
+        bos = self.prepend_bos if prepend_bos is None else prepend_bos
+        tok = self.tokenizer
+        ids = [tok(p, add_special_tokens=(bos is not False))["input_ids"] for p in prompts]
+        if bos is True and tok.bos_token_id is not None:
+            ids = [x if x[:1] == [tok.bos_token_id] else [tok.bos_token_id] + x for x in ids]
+        for i, x in enumerate(ids):
+            if not x:
+                raise ValueError(f"prompts[{i}] ({prompts[i]!r}) tokenizes to no tokens; pass non-empty text.")
+            if self.max_length and len(x) > self.max_length:
+                if not self.truncate:
+                    raise ValueError(
+                        f"prompts[{i}] has {len(x)} tokens but the model's context is {self.max_length}; "
+                        "shorten it, or build the model with truncate=True to keep its last tokens (warned)."
+                    )
+                warnings.warn(f"prompts[{i}] truncated from {len(x)} to its last {self.max_length} tokens.", stacklevel=2)
+                ids[i] = x[-self.max_length :]
+        t = max(len(x) for x in ids)
+        pad = tok.pad_token_id
+        input_ids = torch.full((len(ids), t), pad, dtype=torch.long)
+        mask = torch.zeros((len(ids), t), dtype=torch.long)
+        for i, x in enumerate(ids):
+            input_ids[i, t - len(x) :] = torch.tensor(x)
+            mask[i, t - len(x) :] = 1
+        return {"input_ids": input_ids.to(self.device), "attention_mask": mask.to(self.device)}
+
+    def to_str_tokens(self, text: str, prepend_bos: bool | None = None) -> list[str]:
+        ids = self.tokenize([text], prepend_bos)["input_ids"][0]
+        return [self.tokenizer.decode([i]) for i in ids.tolist()]
+
+    # ------------------------------------------------------------------ hooks
+    def hooks(self, hooks: dict[str, HookFn], **metadata) -> HookHandle:
+        """Register hook functions ``{site: fn}``; ``fn(act, ctx) -> Tensor | None``.
+
+        They apply to every later forward of this model (``forward``, ``capture``,
+        ``generate`` ...) until the returned handle is removed; use it as a context
+        manager to scope them. Wildcards expand (``resid_post.*``).
+        """
+        if not isinstance(hooks, dict) or not hooks:
+            raise TypeError("hooks must be a non-empty dict {site: fn}.")
+        entries = []
+        for spec, fn in hooks.items():
+            if not callable(fn):
+                raise TypeError(f"The hook for {spec!r} is {type(fn).__name__}, not a function fn(act, ctx).")
+            for name in self.sites(spec):
+                if not self._backend.writable(S.parse(name)):
+                    raise ValueError(
+                        f"Site {name!r} cannot be written with the {self.backend!r} backend (its nnsight location is "
+                        "a read-only view); use backend='tl' to write it, or write 'attn_out'/'resid_post' instead."
+                    )
+                entries.append((name, fn))
+        for name, fn in entries:
+            self._hooks.setdefault(name, []).append(fn)
+        return HookHandle(self._hooks, entries, dict(metadata))
+
+    @property
+    def active_hooks(self) -> dict[str, int]:
+        return {k: len(v) for k, v in self._hooks.items()}
+
+    def reset_hooks(self) -> None:
+        self._hooks.clear()
+
+    # ------------------------------------------------------------------ forward
+    def _run(self, input_ids, attention_mask, saves: Sequence[str] = (), stop_early: bool = False,
+             past_key_values=None, prompt_lengths=None, step: int = 0, extra_hooks: dict | None = None):
+        """One backend forward. ``attention_mask`` covers the whole sequence so far."""
+        t_call = input_ids.shape[1]
+        mask = attention_mask
+        pos_full = mask.long().cumsum(-1) - 1
+        position_ids = pos_full.masked_fill(mask == 0, 1)[:, -t_call:]
+        positions = pos_full.masked_fill(mask == 0, -1)[:, -t_call:]
+        if prompt_lengths is None:
+            prompt_lengths = mask.sum(1)
+        hooks = {k: list(v) for k, v in self._hooks.items()}
+        for k, v in (extra_hooks or {}).items():
+            for name in self.sites(k):
+                hooks.setdefault(name, []).extend(v if isinstance(v, list) else [v])
+        wanted = set(saves) | set(hooks)
+        plan = [PlanItem(S.parse(n), hooks.get(n, []), n in saves) for n in S.expand(self, list(wanted))] if wanted else []
+        stop_after = None
+        if stop_early and saves and "logits" not in saves:
+            deepest = max((S.parse(n) for n in saves), key=lambda s: s.order_key(self.n_layers))
+            plan = [p for p in plan if p.site.order_key(self.n_layers) <= deepest.order_key(self.n_layers)]
+            stop_after = deepest
+
+        def make_ctx(site: S.Site) -> HookContext:
+            return HookContext(site.name, site.layer, mask, positions, prompt_lengths, step)
+
+        inputs = {"input_ids": input_ids, "attention_mask": mask, "position_ids": position_ids}
+        if past_key_values is not None:
+            inputs["past_key_values"] = past_key_values
+            inputs["use_cache"] = True
+        else:
+            inputs["use_cache"] = False
+        if not plan:
+            return self.hf_model(**inputs).logits, {}
+        return self._backend.run(inputs, plan, make_ctx, stop_after)
+
+    @torch.inference_mode()
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits ``[B, T, V]`` for token ids (left-padded), with the active hooks applied."""
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        logits, _ = self._run(input_ids.to(self.device), attention_mask.to(self.device))
+        return logits
+
+    __call__ = forward
+
+    def run_with_hooks(self, prompts, hooks: dict[str, HookFn] | None = None, prepend_bos: bool | None = None):
+        """Tokenize ``prompts`` (left-padded) and return logits ``[B, T, V]`` with ``hooks`` applied."""
+        enc = self.tokenize(prompts, prepend_bos)
+        if not hooks:
+            return self.forward(enc["input_ids"], enc["attention_mask"])
+        with self.hooks(hooks):
+            return self.forward(enc["input_ids"], enc["attention_mask"])
+
+    def logits(self, prompts, positions="last", batch_size: int = 16, prepend_bos: bool | None = None) -> torch.Tensor:
+        """Logits at ``positions`` (see :mod:`hooked.positions`) for ``prompts``."""
+        return self.capture(prompts, "logits", positions=positions, batch_size=batch_size, prepend_bos=prepend_bos)["logits"]
+
+    # ------------------------------------------------------------------ capture
+    def capture(self, prompts, sites, positions="last", batch_size: int = 16, prepend_bos: bool | None = None,
+                progress: bool | None = None, out_dir=None, shard_rows: int = 65536, dtype: torch.dtype | None = None):
+        """Capture activations of ``prompts`` at ``sites``.
+
+        Runs under ``torch.inference_mode`` in batches (left-padded), stops each
+        forward right after the deepest requested site (no unembedding unless
+        ``logits`` is asked for) and selects ``positions`` over real tokens only.
+        Attention patterns keep the query selection and have their key axis
+        re-indexed to real tokens (zero-filled past each prompt's length).
+
+        With ``out_dir`` the rows stream to safetensors shards of ``shard_rows`` rows
+        and a lazy :class:`~hooked.activations.ShardedActivations` is returned.
+        """
+        prompts = _check_prompts(prompts)
+        names = self.sites(sites)
+        P.validate(positions)
+        if isinstance(positions, torch.Tensor) or (
+            isinstance(positions, (list, tuple)) and positions and not isinstance(positions[0], int)
+        ):
+            if len(positions) != len(prompts):
+                raise ValueError(f"A position mask needs one row per prompt: got {len(positions)} rows for {len(prompts)} prompts.")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1; got {batch_size}.")
+        n_batches = (len(prompts) + batch_size - 1) // batch_size
+        show = progress if progress is not None else n_batches > 8
+        meta = {"model": self.name, "arch": self.arch, "backend": self.backend, "dtype": str(self.dtype)}
+        writer = ShardWriter(out_dir, prompts, positions, shard_rows, meta) if out_dir is not None else None
+        parts: dict[str, list] = {n: [] for n in names}
+        index_parts: list = []
+        pattern_len = 0
+        with torch.inference_mode():
+            for b in tqdm(range(n_batches), desc="capture", disable=not show):
+                chunk = prompts[b * batch_size : (b + 1) * batch_size]
+                enc = self.tokenize(chunk, prepend_bos)
+                _, saved = self._run(enc["input_ids"], enc["attention_mask"], saves=names, stop_early=True)
+                out, index = {}, None
+                for n in names:
+                    act = saved[n]
+                    is_pattern = n.startswith("attn.pattern")
+                    rows, index = P.select(act, enc["attention_mask"], positions, b * batch_size, token_axis=2 if is_pattern else 1)
+                    if is_pattern:
+                        row_prompt = index[:, 0] - b * batch_size if index is not None else torch.arange(rows.shape[0])
+                        rows = P.realign_keys(rows, enc["attention_mask"], row_prompt)
+                        pattern_len = max(pattern_len, rows.shape[-1])
+                    rows = rows.to("cpu", dtype or rows.dtype).clone()
+                    out[n] = rows
+                if writer is not None:
+                    if any(n.startswith("attn.pattern") for n in names):
+                        raise ValueError("Streaming attn.pattern to disk is not supported (ragged key axis); capture it in memory.")
+                    if index is not None:
+                        out["__index__"] = index
+                    writer.add(out)
+                else:
+                    for n in names:
+                        parts[n].append(out[n])
+                    if index is not None:
+                        index_parts.append(index)
+        if writer is not None:
+            return writer.close(has_index=P.is_ragged(positions))
+        tensors = {}
+        for n in names:
+            if n.startswith("attn.pattern"):
+                parts[n] = [torch.nn.functional.pad(x, (0, pattern_len - x.shape[-1])) for x in parts[n]]
+            tensors[n] = torch.cat(parts[n])
+        index = torch.cat(index_parts) if index_parts else None
+        return ActivationSet(tensors, prompts, positions if not isinstance(positions, torch.Tensor) else "mask", index, meta)
+
+    # ------------------------------------------------------------------ generate
+    @torch.inference_mode()
+    def generate_ids(self, prompts, max_new_tokens: int = 20, do_sample: bool = False, temperature: float = 1.0,
+                     top_p: float = 1.0, use_cache: bool = True, prepend_bos: bool | None = None,
+                     seed: int | None = None, stop_at_eos: bool = True) -> list[list[int]]:
+        """Generate token ids after each prompt, with the active hooks applied at every step.
+
+        A decode loop of our own (greedy, or sampling with ``temperature``/``top_p``):
+        a prompt pass, then one pass per new token over the KV cache; hooks see
+        ``ctx.positions`` counting from each prompt's real tokens, so steering is
+        right under left padding and caching. Returns the new ids of each prompt
+        (up to and including EOS).
+        """
+        from transformers import DynamicCache
+
+        enc = self.tokenize(prompts, prepend_bos)
+        ids, mask = enc["input_ids"], enc["attention_mask"]
+        if max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be >= 0; got {max_new_tokens}.")
+        if self.max_length and ids.shape[1] + max_new_tokens > self.max_length:
+            raise ValueError(
+                f"prompt ({ids.shape[1]} tokens) + max_new_tokens ({max_new_tokens}) exceeds the model's context "
+                f"({self.max_length}); lower max_new_tokens or shorten the prompts."
+            )
+        prompt_lengths = mask.sum(1)
+        gen = torch.Generator().manual_seed(seed) if seed is not None else None
+        eos = self.tokenizer.eos_token_id
+        done = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
+        new: list[torch.Tensor] = []
+        cache = DynamicCache() if use_cache else None
+        step_input = ids
+        for step in range(max_new_tokens):
+            logits, _ = self._run(step_input if use_cache else ids, mask, past_key_values=cache,
+                                  prompt_lengths=prompt_lengths, step=step)
+            last = logits[:, -1].float()
+            if do_sample:
+                probs = torch.softmax(last / max(temperature, 1e-6), -1)
+                if top_p < 1.0:
+                    sp, si = probs.sort(-1, descending=True)
+                    keep = sp.cumsum(-1) - sp < top_p
+                    probs = torch.zeros_like(probs).scatter(-1, si, sp * keep)
+                nxt = torch.multinomial(probs.cpu(), 1, generator=gen).squeeze(1).to(ids.device)
+            else:
+                nxt = last.argmax(-1)
+            if stop_at_eos and eos is not None:
+                nxt = torch.where(done, torch.full_like(nxt, self.tokenizer.pad_token_id), nxt)
+            new.append(nxt)
+            if stop_at_eos and eos is not None:
+                done = done | (nxt == eos)
+            ids = torch.cat([ids, nxt[:, None]], 1)
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
+            step_input = nxt[:, None]
+            if stop_at_eos and bool(done.all()):
+                break
+        out = torch.stack(new, 1).tolist() if new else [[] for _ in range(ids.shape[0])]
+        result = []
+        for row in out:
+            if stop_at_eos and eos is not None and eos in row:
+                row = row[: row.index(eos) + 1]
+            result.append(row)
+        return result
+
+    def generate(self, prompts, max_new_tokens: int = 20, skip_special_tokens: bool = True, **kwargs) -> list[str]:
+        """Generated continuations (text) of ``prompts``; see :meth:`generate_ids`."""
+        rows = self.generate_ids(prompts, max_new_tokens=max_new_tokens, **kwargs)
+        return [self.tokenizer.decode(r, skip_special_tokens=skip_special_tokens) for r in rows]
