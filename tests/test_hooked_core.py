@@ -1,0 +1,202 @@
+"""Sites, hooks, capture options, artifacts and bad input on tiny models."""
+
+import json
+
+import pytest
+import torch
+
+import hooked
+from conftest import FP32_ATOL
+from hooked import sites as S
+
+
+@pytest.fixture(scope="module", params=["tl", "nnsight"])
+def model(request):
+    return hooked.tiny_model("llama", seed=0, backend=request.param)
+
+
+def _hook_count(m):
+    return sum(len(mod._forward_hooks) + len(mod._forward_pre_hooks) for mod in m.hf_model.modules())
+
+
+# ---------------------------------------------------------------- site vocabulary
+def test_site_expansion_and_errors():
+    assert S.expand(3, "resid_post.*") == ["resid_post.0", "resid_post.1", "resid_post.2"]
+    assert S.expand(3, ["logits", "resid_pre.1", "embed"]) == ["embed", "resid_pre.1", "logits"]
+    assert S.parse("mlp.hidden.2") == S.Site("mlp.hidden", 2)
+    with pytest.raises(ValueError, match=r"out of range: this model has 3 layers \(0-2\)"):
+        S.expand(3, "resid_post.3")
+    with pytest.raises(ValueError, match="Unknown site 'resid_psot.1'.*valid sites"):
+        S.expand(3, "resid_psot.1")
+    with pytest.raises(ValueError, match="matches nothing"):
+        S.expand(3, "foo.*")
+    with pytest.raises(ValueError, match="needs a layer"):
+        S.parse("resid_post")
+
+
+# ---------------------------------------------------------------- hooks
+def test_hook_replaces_activation_and_handle_removes(model):
+    prompts = ["a b c", "hello"]
+    base = model.run_with_hooks(prompts)
+    before = _hook_count(model)
+    with model.hooks({"resid_post.2": lambda a, ctx: torch.zeros_like(a)}):
+        zeroed = model.run_with_hooks(prompts)
+    # zero residual into the final RMSNorm gives zero logits
+    assert zeroed.abs().max() == 0
+    assert torch.equal(model.run_with_hooks(prompts), base)
+    h = model.hooks({"mlp_out.0": lambda a, ctx: a * 2})
+    assert model.active_hooks == {"mlp_out.0": 1}
+    assert not torch.allclose(model.run_with_hooks(prompts), base)
+    h.remove()
+    h.remove()  # idempotent
+    assert model.active_hooks == {}
+    assert _hook_count(model) == before
+
+
+def test_no_hook_left_after_exception(model):
+    before = _hook_count(model)
+
+    def boom(a, ctx):
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        with model.hooks({"resid_post.1": boom}):
+            model.run_with_hooks(["x y"])
+    assert model.active_hooks == {}
+    assert _hook_count(model) == before
+    with pytest.raises(ValueError, match="returned shape"):
+        model.run_with_hooks(["x y"], hooks={"resid_post.1": lambda a, ctx: a[:, :1]})
+    assert model.active_hooks == {} and _hook_count(model) == before
+
+
+def test_ctx_positions_count_real_tokens(model):
+    seen = []
+    model.run_with_hooks(["one two three", "hi"], hooks={"resid_pre.0": lambda a, ctx: seen.append(ctx) or None})
+    ctx = seen[0]
+    n0, n1 = int(ctx.attention_mask[0].sum()), int(ctx.attention_mask[1].sum())
+    t = ctx.positions.shape[1]
+    assert ctx.positions[0].tolist() == [-1] * (t - n0) + list(range(n0))
+    assert ctx.positions[1].tolist() == [-1] * (t - n1) + list(range(n1))
+    assert ctx.prompt_lengths.tolist() == [n0, n1]
+    assert not ctx.is_generated.any()
+
+
+def test_generate_ctx_marks_generated_tokens(model):
+    steps = []
+    with model.hooks({"resid_post.0": lambda a, ctx: steps.append((ctx.step, ctx.positions.clone(), ctx.is_generated.clone())) or None}):
+        model.generate_ids(["one two three", "hi"], max_new_tokens=3, stop_at_eos=False)
+    assert [s[0] for s in steps] == [0, 1, 2]
+    n = steps[0][1].max(1).values + 1  # real prompt lengths
+    for k in (1, 2):
+        assert steps[k][1].shape[1] == 1  # cached decode step: one token
+        assert steps[k][1][:, 0].tolist() == (n + k - 1).tolist()
+        assert steps[k][2].all()
+
+
+def test_nnsight_refuses_read_only_site():
+    nn = hooked.tiny_model("llama", backend="nnsight")
+    with pytest.raises(ValueError, match="cannot be written with the 'nnsight' backend"):
+        nn.hooks({"resid_mid.1": lambda a, c: a})
+    tl = hooked.tiny_model("llama", backend="tl")
+    with tl.hooks({"resid_mid.1": lambda a, c: a * 0}):
+        out = tl.capture(["a b"], ["resid_mid.1"], positions="all")
+    assert out["resid_mid.1"].abs().max() == 0
+
+
+# ---------------------------------------------------------------- capture
+def test_capture_stops_after_deepest_site(model):
+    calls = []
+    head = model.hf_model.get_output_embeddings()
+    h = head.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        model.capture(["a b c"], ["resid_post.0"])
+        assert calls == []
+        model.capture(["a b c"], ["logits"])
+        assert calls == [1]
+    finally:
+        h.remove()
+
+
+def test_positions_mask_and_lists(model):
+    prompts = ["one two three four", "hi there"]
+    full = model.capture(prompts, "resid_post.1", positions="all")
+    lst = model.capture(prompts, "resid_post.1", positions=[0, -1])
+    assert lst.index.tolist() == [[0, 0], [0, int((full.index[:, 0] == 0).sum()) - 1], [1, 0], [1, int((full.index[:, 0] == 1).sum()) - 1]]
+    mask = [[True, False, True], [False, True]]
+    m = model.capture(prompts, "resid_post.1", positions=mask)
+    assert m.index.tolist() == [[0, 0], [0, 2], [1, 1]]
+    for row, (p, t) in enumerate(m.index.tolist()):
+        src = ((full.index[:, 0] == p) & (full.index[:, 1] == t)).nonzero()[0, 0]
+        torch.testing.assert_close(m["resid_post.1"][row], full["resid_post.1"][src], atol=FP32_ATOL, rtol=0)
+    mean = model.capture(prompts, "resid_post.1", positions="mean")
+    torch.testing.assert_close(mean["resid_post.1"][1], full["resid_post.1"][full.index[:, 0] == 1].mean(0), atol=FP32_ATOL, rtol=0)
+
+
+def test_activation_set_roundtrip_and_shards(model, tmp_path):
+    prompts = [f"prompt number {i}" for i in range(7)]
+    acts = model.capture(prompts, ["resid_post.*", "mlp.hidden.1"], positions="all", batch_size=2)
+    acts.save(tmp_path / "a")
+    back = hooked.ActivationSet.load(tmp_path / "a")
+    assert back.sites == acts.sites and back.prompts == prompts
+    assert torch.equal(back.index, acts.index)
+    for s in acts.sites:
+        assert torch.equal(back[s], acts[s])
+    meta = json.loads((tmp_path / "a" / "activations.json").read_text())
+    assert meta["format"].startswith("policylens.ActivationSet") and meta["meta"]["backend"] == model.backend
+    lazy = model.capture(prompts, ["resid_post.*", "mlp.hidden.1"], positions="all", batch_size=2,
+                         out_dir=tmp_path / "s", shard_rows=10)
+    assert len(lazy.shard_paths) > 1
+    for s in acts.sites:
+        torch.testing.assert_close(lazy[s], acts[s], atol=0, rtol=0)
+    assert acts.stack("resid_post.*").shape == (3, len(acts), 64)
+
+
+# ---------------------------------------------------------------- bad input
+def test_bad_input_errors(model):
+    before = _hook_count(model)
+    with pytest.raises(ValueError, match="prompts is empty"):
+        model.capture([], "resid_post.0")
+    with pytest.raises(TypeError, match=r"prompts\[1\] is int"):
+        model.capture(["ok", 3], "resid_post.0")
+    with pytest.raises(ValueError, match="out of range"):
+        model.capture(["ok"], "resid_post.9")
+    with pytest.raises(ValueError, match="Unknown site"):
+        model.capture(["ok"], "resid.1")
+    with pytest.raises(ValueError, match="context is 256"):
+        model.capture([" word" * 300], "resid_post.0")
+    with pytest.raises(IndexError, match="out of range for prompt 0"):
+        model.capture(["hi"], "resid_post.0", positions=5)
+    with pytest.raises(ValueError, match="Unknown positions"):
+        model.capture(["hi"], "resid_post.0", positions="first")
+    assert _hook_count(model) == before and model.active_hooks == {}
+
+
+def test_truncation_is_warned():
+    m = hooked.tiny_model("gpt2", max_positions=16)
+    m.truncate = True
+    with pytest.warns(UserWarning, match="truncated"):
+        acts = m.capture([" word" * 40], "resid_post.0", positions="all")
+    assert len(acts) == 16
+
+
+def test_unknown_model_spec_names_packaged_models():
+    with pytest.raises(ValueError, match="smollm2-135m-instruct"):
+        hooked.load_model("no-such-org/no-such-model-xyz")
+    with pytest.raises(FileNotFoundError):
+        hooked.load_model("/tmp/definitely/missing.gguf")
+
+
+def test_corrupted_cache_is_detected_and_rebuilt(tmp_path, monkeypatch):
+    from hooked import packaged
+
+    monkeypatch.setenv(packaged.CACHE_ENV, str(tmp_path))
+    d = tmp_path / "models" / "fake"
+    d.mkdir(parents=True)
+    w = d / "model.safetensors"
+    w.write_bytes(b"x" * 100)
+    (d / "policylens-cache.json").write_text(json.dumps({"format_version": 1, "size": 100, "sha256": packaged._sha256(w)}))
+    assert packaged.cache_status("fake") == "ok"
+    w.write_bytes(b"x" * 50)
+    assert packaged.cache_status("fake").startswith("truncated")
+    w.write_bytes(b"y" * 100)
+    assert packaged.cache_status("fake").startswith("corrupted")
