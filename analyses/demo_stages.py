@@ -1,0 +1,180 @@
+"""The stages of ``policylens demo``. Each takes the demo context and returns
+``(numbers, markdown)``; sizes depend on ``ctx.quick`` (the ~3-minute profile) and
+are stated in the report, so a reader knows how much data stands behind each number."""
+
+from __future__ import annotations
+
+import json
+import math
+
+CAPTURE_PROMPTS = [
+    "The capital of France is",
+    "The Eiffel Tower is located in the city of",
+    "Water boils at a temperature of",
+    "The opposite of hot is",
+]
+
+ENTROPY_TEXTS = [
+    "The cat sat on the mat and watched the birds outside the window.",
+    "Photosynthesis converts light energy into chemical energy stored in glucose.",
+    "The stock market fell sharply after the announcement of new tariffs.",
+    "She opened the old book and found a letter hidden between the pages.",
+    "Paris is the capital of France, and Berlin is the capital of Germany.",
+    "To bake bread you need flour, water, salt and yeast.",
+    "The football match ended in a draw after extra time.",
+    "Quantum computers use qubits that can be in superposition.",
+    "He walked to the station in the rain without an umbrella.",
+    "The river flows from the mountains down to the sea.",
+    "Honey never spoils if it is stored in a sealed jar.",
+    "The committee will meet again next Tuesday to vote on the budget.",
+]
+
+
+def _fmt(x, nd=3):
+    return "n/a" if x is None else f"{x:.{nd}f}"
+
+
+def stage_capture(ctx):
+    m = ctx.model
+    acts = m.capture(CAPTURE_PROMPTS, ["resid_post.*", "mlp.hidden.*", "logits"], positions="last", progress=False)
+    norms = acts.stack("resid_post.*").norm(dim=-1).mean(1)  # [layers]
+    top = [m.tokenizer.decode([int(i)]) for i in acts["logits"].argmax(-1)]
+    acts.save(ctx.out / "capture")
+    numbers = {
+        "n_prompts": len(CAPTURE_PROMPTS),
+        "n_sites": len(acts.sites),
+        "resid_norm_by_layer": [round(float(x), 3) for x in norms],
+        "next_token": dict(zip(CAPTURE_PROMPTS, top)),
+    }
+    rows = "\n".join(f"| {p} | `{t}` |" for p, t in zip(CAPTURE_PROMPTS, top))
+    text = (f"Captured {len(acts.sites)} sites (all `resid_post`, all `mlp.hidden`, `logits`) at the last token of "
+            f"{len(CAPTURE_PROMPTS)} prompts; saved as safetensors in `capture/`.\n\n"
+            f"Mean residual norm rises from {norms[0]:.1f} (layer 0) to {norms[-1]:.1f} (layer {m.n_layers - 1}).\n\n"
+            f"| prompt | greedy next token |\n|---|---|\n{rows}")
+    return numbers, text
+
+
+def stage_entropy(ctx):
+    import probes
+
+    texts = ENTROPY_TEXTS[: 6 if ctx.quick else 12]
+    ke = probes.knowledge_entropy(ctx.model, texts, batch_size=6, progress=True)
+    per = [float(x) for x in ke.per_layer]
+    _bar(per, "layer", "entropy (nats)", f"Knowledge entropy per layer ({ctx.model.name})",
+         ctx.out / "knowledge_entropy_layers.png")
+    d_mlp = ctx.model.d_mlp
+
+    numbers = {"n_texts": len(texts), "total": float(ke.total), "per_layer": per, "max_per_layer": math.log(d_mlp)}
+    lo, hi = min(range(len(per)), key=per.__getitem__), max(range(len(per)), key=per.__getitem__)
+    text = (f"Knowledge entropy (Kim et al. 2024, Eq. 2; padding excluded) on {len(texts)} texts: total "
+            f"**{ke.total:.3f}** nats summed over {len(per)} layers (uniform would be {len(per)}×ln({d_mlp}) = "
+            f"{len(per) * math.log(d_mlp):.1f}). Lowest layer {lo} ({per[lo]:.3f}), highest layer {hi} ({per[hi]:.3f}).")
+    return numbers, text
+
+
+def stage_probes(ctx):
+    import probes
+
+    n = 120 if ctx.quick else 400
+    names = ["factual", "emotional"] if ctx.quick else ["factual", "emotional", "inferential"]
+    sweeps = {}
+    for name in names:
+        ds = probes.datasets.load(name, n=n)
+        sweeps[name] = probes.layer_sweep(ctx.model, ds, sites="resid_post.*", positions="last", cv=5, progress=True)
+    probes.plot_depth(sweeps, path=ctx.out / "concept_depth.png", title=f"Concept depth ({ctx.model.name})")
+    numbers, rows = {}, []
+    for name, s in sweeps.items():
+        numbers[name] = {
+            "n": n, "acc_mean": [float(x) for x in s.acc_mean], "peak_layer": int(s.peak_layer),
+            "peak_acc": float(s.peak_acc),
+            "jump_layer": None if s.jump_layer is None else int(s.jump_layer),
+            "converging_layer": int(s.converging_layer),
+            "selectivity_at_peak": None if s.selectivity is None else float(s.selectivity[list(s.layers).index(s.peak_layer)]),
+        }
+        v = numbers[name]
+        rows.append(f"| {name} | {n} | {v['peak_acc']:.3f} | {v['peak_layer']} | {v['jump_layer']} | "
+                    f"{v['converging_layer']} | {_fmt(v['selectivity_at_peak'])} |")
+    text = ("Linear probes (logistic, 5-fold, group-aware) on `resid_post` at the last token; selectivity = accuracy "
+            "minus a shuffled-label control. Plot: `concept_depth.png`.\n\n"
+            "| dataset | n | peak acc | peak layer | jump layer | converging layer | selectivity at peak |\n"
+            "|---|---|---|---|---|---|---|\n" + "\n".join(rows))
+    return numbers, text
+
+
+def stage_steering(ctx):
+    import interventions as iv
+
+    m = ctx.model
+    layer = m.n_layers // 2
+    site = f"resid_post.{layer}"
+    pairs = iv.data.sentiment_pairs()
+    vec = iv.extract(m, pairs, site, method="mean_diff")
+    vec.save(ctx.out / "sentiment_vector")
+    prompts = ["I think the movie was", "My day at work was", "The food at the restaurant was"]
+    if not ctx.quick:
+        prompts += ["The weather this weekend will be", "Reading the review, I felt"]
+    mults = [-8.0, -4.0, 0.0, 4.0, 8.0] if not ctx.quick else [-6.0, 0.0, 6.0]
+    ls = iv.multiplier_sweep(m, vec, prompts, positive=" good", negative=" bad", multipliers=mults)
+    gs = iv.generation_sweep(m, vec, prompts, multipliers=mults, max_new_tokens=12 if ctx.quick else 20)
+    neutral = ["The train departs at", "Water is made of", "The number after seven is"]
+    kl = iv.side_effect_kl(m, vec, neutral, multiplier=mults[-1])
+    mean_ld = [float(x) for x in ls.mean_metric]
+    numbers = {
+        "site": site, "multipliers": mults, "logit_diff_mean": mean_ld,
+        "steerability_slope_mean": ls.steerability,
+        "anti_steerable_fraction": ls.anti_steerable_fraction,
+        "generation_sentiment_mean": [float(x) for x in gs.scores.mean(1)],
+        "generation_slope": float(gs.slope), "generation_spearman": float(gs.spearman),
+        "side_effect_kl": float(kl),
+        "examples": {str(mu): gs.texts[i][0] for i, mu in enumerate(mults)},
+    }
+    ex = "\n".join(f"- ×{mu:+g}: _{prompts[0]}_ **{gs.texts[i][0].strip()}**" for i, mu in enumerate(mults))
+    text = (f"CAA mean-difference vector from {len(pairs)} positive/negative pairs at `{site}`, added at all positions.\n\n"
+            f"Logit difference ` good`−` bad` by multiplier: {', '.join(_fmt(x, 2) for x in mean_ld)}; "
+            f"mean per-prompt steerability slope {_fmt(numbers['steerability_slope_mean'])}, anti-steerable fraction "
+            f"{_fmt(numbers['anti_steerable_fraction'], 2)}.\n\nLexicon sentiment of greedy continuations by multiplier: "
+            f"{', '.join(_fmt(x, 2) for x in numbers['generation_sentiment_mean'])} (slope {gs.slope:.3f}, Spearman "
+            f"{gs.spearman:.2f}). Side-effect KL on neutral prompts at ×{mults[-1]:g}: {kl:.3f} nats.\n\n{ex}")
+    return numbers, text
+
+
+def stage_dpo(ctx):
+    from analyses import dpo
+
+    steps = 6 if ctx.quick else 20
+    run = dpo.train(ctx.model_spec, "knowledge", ctx.out / "dpo_train", steps=steps, save_every=max(2, steps // 3),
+                    batch_size=4, n_pairs=steps * 4, progress=True)
+    limits = dict(n_pairs=8, n_prompts=6, k_samples=2, max_new_tokens=12, probe_n=80) if ctx.quick else dict(
+        n_pairs=16, n_prompts=12, k_samples=4, max_new_tokens=20, probe_n=160)
+    numbers = dpo.run_shift_report(ctx.model_spec, run.policy_dir, "knowledge", ctx.out / "dpo_shift",
+                                   checkpoints=run, progress=True, **limits)
+    md_path = ctx.out / "dpo_shift" / "report.md"
+    text = f"DPO ({steps} steps, knowledge preference set) then the policy-shift report (`dpo_shift/`).\n\n"
+    if md_path.exists():
+        body = md_path.read_text().split("\n", 1)[-1]
+        text += body.replace("](", "](dpo_shift/")
+    return json.loads(json.dumps(numbers, default=float)), text
+
+
+def stage_latent_cot(ctx):
+    from analyses.latent_cot import run_study
+
+    numbers = run_study(ctx.out / "latent_cot", profile="quick" if ctx.quick else "full", progress=True)
+    md_path = ctx.out / "latent_cot" / "report.md"
+    text = md_path.read_text().split("\n", 1)[-1].replace("](", "](latent_cot/") if md_path.exists() else (
+        "```\n" + json.dumps(numbers.get("summary", numbers), indent=1, default=float)[:3000] + "\n```")
+    return numbers, text
+
+
+def _bar(values, xlabel, ylabel, title, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    ax.bar(range(len(values)), values)
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,40 @@
+"""Acceptance on the packaged SmolLM2-135M-Instruct (real weights, offline)."""
+
+import time
+
+import pytest
+import torch
+
+import hooked
+from conftest import FP32_ATOL
+from hooked import packaged
+
+pytestmark = pytest.mark.acceptance
+
+
+def test_loads_from_cache_quickly(smollm2_tl):
+    assert packaged.cache_status("smollm2-135m-instruct") == "ok"
+    assert smollm2_tl.n_layers == 30 and smollm2_tl.d_model == 576 and smollm2_tl.arch == "llama"
+    assert getattr(smollm2_tl.hf_model.config, "quantization_config", None) is None  # trainable
+    t = time.perf_counter()
+    again = hooked.load_model("smollm2-135m-instruct", backend="nnsight")
+    assert time.perf_counter() - t < 20  # cached: seconds, not a re-dequantization
+    assert again.hf_model.model.layers[3].mlp.up_proj.weight.equal(smollm2_tl.hf_model.model.layers[3].mlp.up_proj.weight)
+
+
+def test_paris(smollm2_tl):
+    text = smollm2_tl.generate(["The capital of France is"], max_new_tokens=8)[0]
+    assert "Paris" in text
+
+
+def test_resid_post_equals_hf_hidden_states(smollm2_tl, smollm2_hf):
+    hf, tok = smollm2_hf
+    prompt = "The Eiffel Tower is located in the city of"
+    enc = tok(prompt, return_tensors="pt")
+    with torch.no_grad():
+        hs = hf(**enc, output_hidden_states=True).hidden_states
+    acts = smollm2_tl.capture([prompt], "resid_post.*", positions="all")
+    for layer in range(smollm2_tl.n_layers - 1):
+        torch.testing.assert_close(acts[f"resid_post.{layer}"], hs[layer + 1][0], atol=FP32_ATOL * 10, rtol=1e-5)
+    final = smollm2_tl.capture([prompt], "final_norm", positions="all")["final_norm"]
+    torch.testing.assert_close(final, hs[-1][0], atol=FP32_ATOL * 10, rtol=1e-5)
