@@ -1,0 +1,70 @@
+"""The CLI on a tiny model saved to disk: exit codes, files written, JSON fields, one-line errors."""
+
+import json
+
+import pytest
+
+import hooked
+from analyses.cli import main
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("tiny")
+    m, tok = hooked.tiny_hf_model("llama", seed=0)
+    m.save_pretrained(d)
+    tok.save_pretrained(d)
+    return d
+
+
+def test_models_lists_packaged(capsys):
+    assert main(["models", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert {r["name"] for r in rows} == set(hooked.PACKAGED)
+
+
+def test_capture_writes_activations(tiny_dir, tmp_path):
+    out = tmp_path / "cap"
+    assert main(["capture", "hello world", "a b c", "--model", str(tiny_dir), "--sites", "resid_post.*", "mlp.hidden.1",
+                 "--out", str(out)]) == 0
+    acts = hooked.ActivationSet.load(out)
+    assert acts.sites == ["resid_post.0", "mlp.hidden.1", "resid_post.1", "resid_post.2"]
+    assert acts["resid_post.2"].shape == (2, 64)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n_prompts"] == 2 and summary["sites"]["mlp.hidden.1"] == [2, 128]
+
+
+def test_entropy_writes_json(tiny_dir, tmp_path):
+    out = tmp_path / "ent"
+    assert main(["entropy", "--model", str(tiny_dir), "--out", str(out)]) == 0
+    data = json.loads((out / "knowledge_entropy.json").read_text())
+    assert len(data["per_layer"]) == 3
+    assert data["total"] == pytest.approx(sum(data["per_layer"]), rel=1e-6)
+    assert all(0 < x <= 4.86 for x in data["per_layer"])  # ln(128) = 4.852
+
+
+def test_probe_writes_sweeps(tiny_dir, tmp_path):
+    out = tmp_path / "probe"
+    assert main(["probe", "--model", str(tiny_dir), "--datasets", "factual", "--n", "60", "--cv", "3",
+                 "--out", str(out)]) == 0
+    data = json.loads((out / "sweeps.json").read_text())
+    assert (out / "concept_depth.png").stat().st_size > 1000
+    assert len(next(iter(data.values()))["acc_mean"]) == 3
+
+
+def test_steer_extract_then_generate(tiny_dir, tmp_path):
+    out = tmp_path / "steer"
+    assert main(["steer", "extract", "--model", str(tiny_dir), "--site", "resid_post.1", "--out", str(out)]) == 0
+    assert main(["steer", "generate", "--model", str(tiny_dir), "--vector", str(out / "vector"), "--multipliers", "0", "4",
+                 "--max-new-tokens", "3", "--out", str(out)]) == 0
+    gens = json.loads((out / "generations.json").read_text())
+    assert set(gens) == {"0.0", "4.0"} and all(len(v) == 1 for v in gens.values())
+
+
+def test_errors_are_one_line(tiny_dir, tmp_path, capsys):
+    rc = main(["capture", "x", "--model", str(tiny_dir), "--sites", "resid_post.7", "--out", str(tmp_path / "x")])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "out of range: this model has 3 layers (0-2)" in err and "Traceback" not in err
+    rc = main(["capture", "x", "--model", "/nonexistent/model.gguf", "--out", str(tmp_path / "y")])
+    assert rc == 2 and "does not exist" in capsys.readouterr().err
