@@ -130,7 +130,8 @@ class NNSightBackend:
 
     name = "nnsight"
 
-    def __init__(self, hf_model, tokenizer, arch: str, lm=None):
+    def __init__(self, hf_model, tokenizer, arch: str, lm=None, remote: bool = False):
+        self.remote = remote  # NDIF remote execution: every trace runs with remote=True
         if lm is None:
             from nnsight import LanguageModel
 
@@ -151,6 +152,8 @@ class NNSightBackend:
         batch = {"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"]}
         extra = {k: v for k, v in inputs.items() if k not in batch}
         result = {}
+        if self.remote:
+            extra["remote"] = True
         with lm.trace(batch, **extra) as tracer:
             for item, ref in refs:
                 env = _envoy(lm, ref.path)

@@ -54,7 +54,7 @@ def _gguf(path: Path, dtype, device):
 
 def load_model(spec, backend: str = "tl", dtype="float32", device: str | torch.device = "cpu",
                tokenizer=None, device_map=None, prepend_bos: bool | None = None, truncate: bool = False,
-               **hf_kwargs) -> HookedModel:
+               remote: bool = False, **hf_kwargs) -> HookedModel:
     """Load a model for hooking.
 
     ``spec`` may be:
@@ -70,8 +70,10 @@ def load_model(spec, backend: str = "tl", dtype="float32", device: str | torch.d
     - a :class:`HookedModel` (returned as is when the backend matches).
 
     ``device_map`` is passed to ``from_pretrained`` (accelerate) to spread a large
-    model over devices; an nnsight ``LanguageModel`` built for remote execution
-    (NDIF) can be passed as an object. Neither can be exercised on this CPU machine.
+    model over devices. ``remote=True`` (nnsight backend only) runs every trace on
+    NDIF (``trace(..., remote=True)``; set your NDIF API key in nnsight's config);
+    pass an nnsight ``LanguageModel`` object for a hub model you cannot load locally.
+    Neither can be exercised on the offline CPU machine policylens is tested on.
     """
     dt = _dtype(dtype)
     if isinstance(spec, HookedModel):
@@ -88,7 +90,7 @@ def load_model(spec, backend: str = "tl", dtype="float32", device: str | torch.d
         if backend != "nnsight":
             raise ValueError("An nnsight LanguageModel can only back backend='nnsight'; pass its HF model for tl.")
         return HookedModel(spec._module, tokenizer or spec.tokenizer, "nnsight", backend_object=spec,
-                           prepend_bos=prepend_bos, truncate=truncate)
+                           prepend_bos=prepend_bos, truncate=truncate, remote=remote)
     if isinstance(spec, torch.nn.Module):
         if tokenizer is None:
             raise ValueError("Loading a transformers model object needs its tokenizer: load_model(model, tokenizer=tok).")
@@ -101,7 +103,8 @@ def load_model(spec, backend: str = "tl", dtype="float32", device: str | torch.d
     if spec_s in packaged.PACKAGED:
         d = packaged.ensure_cached(spec_s)
         model, tok = _from_pretrained(str(d), dt, device, device_map)
-        return HookedModel(model, tokenizer or tok, backend, name=spec_s, prepend_bos=prepend_bos, truncate=truncate)
+        return HookedModel(model, tokenizer or tok, backend, name=spec_s, prepend_bos=prepend_bos, truncate=truncate,
+                           remote=remote)
     path = Path(spec_s).expanduser()
     if path.suffix == ".gguf":
         if not path.exists():

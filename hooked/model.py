@@ -46,7 +46,7 @@ class HookedModel:
 
     def __init__(self, hf_model, tokenizer, backend: str = "tl", name: str | None = None,
                  prepend_bos: bool | None = None, backend_object=None, max_length: int | None = None,
-                 truncate: bool = False):
+                 truncate: bool = False, remote: bool = False):
         if backend not in BACKENDS:
             raise ValueError(f"Unknown backend {backend!r}; use one of {sorted(BACKENDS)}.")
         self.arch = S.arch_of(hf_model.config)
@@ -55,14 +55,12 @@ class HookedModel:
             tokenizer.pad_token = tokenizer.eos_token
         tokenizer.padding_side = "left"
         self.tokenizer = tokenizer
-        if backend_object is not None:
-            self._backend = (
-                BACKENDS[backend](None, tokenizer, self.arch, bridge=backend_object)
-                if backend == "tl"
-                else BACKENDS[backend](None, tokenizer, self.arch, lm=backend_object)
-            )
+        if remote and backend != "nnsight":
+            raise ValueError("remote=True (NDIF execution) needs backend='nnsight'.")
+        if backend == "tl":
+            self._backend = BACKENDS["tl"](hf_model, tokenizer, self.arch, bridge=backend_object)
         else:
-            self._backend = BACKENDS[backend](hf_model, tokenizer, self.arch)
+            self._backend = BACKENDS["nnsight"](hf_model, tokenizer, self.arch, lm=backend_object, remote=remote)
         self.hf_model = self._backend.hf_model
         self.backend = backend
         self.name = name or getattr(hf_model.config, "_name_or_path", "") or self.arch

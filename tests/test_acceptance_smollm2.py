@@ -38,3 +38,20 @@ def test_resid_post_equals_hf_hidden_states(smollm2_tl, smollm2_hf):
         torch.testing.assert_close(acts[f"resid_post.{layer}"], hs[layer + 1][0], atol=FP32_ATOL * 10, rtol=1e-5)
     final = smollm2_tl.capture([prompt], "final_norm", positions="all")["final_norm"]
     torch.testing.assert_close(final, hs[-1][0], atol=FP32_ATOL * 10, rtol=1e-5)
+
+
+def test_gemma3_packaged_matches_hf():
+    """The second packaged model (Gemma 3 270M base) loads from its cache and matches plain HF."""
+    from transformers import AutoModelForCausalLM
+
+    g = hooked.load_model("gemma-3-270m", backend="nnsight")
+    assert g.arch == "gemma3" and g.n_layers == 18 and g.d_model == 640
+    hf = AutoModelForCausalLM.from_pretrained(str(packaged.model_cache_dir("gemma-3-270m")), attn_implementation="eager").eval()
+    enc = g.tokenize(["The capital of France is"])
+    assert enc["input_ids"][0, 0] == g.tokenizer.bos_token_id  # Gemma's tokenizer adds <bos> itself
+    with torch.no_grad():
+        hs = hf(**enc, output_hidden_states=True).hidden_states
+    acts = g.capture(["The capital of France is"], ["resid_post.*", "final_norm"], positions="all")
+    for layer in (0, 8, 16):
+        torch.testing.assert_close(acts[f"resid_post.{layer}"], hs[layer + 1][0], atol=1e-3, rtol=1e-4)
+    torch.testing.assert_close(acts["final_norm"], hs[-1][0], atol=1e-3, rtol=1e-4)
