@@ -200,3 +200,33 @@ def test_corrupted_cache_is_detected_and_rebuilt(tmp_path, monkeypatch):
     assert packaged.cache_status("fake").startswith("truncated")
     w.write_bytes(b"y" * 100)
     assert packaged.cache_status("fake").startswith("corrupted")
+
+
+def test_corrupted_cache_triggers_rebuild_with_warning(tmp_path, monkeypatch):
+    from hooked import packaged
+
+    monkeypatch.setenv(packaged.CACHE_ENV, str(tmp_path))
+    d = packaged.model_cache_dir("smollm2-135m-instruct")
+    d.mkdir(parents=True)
+    (d / "model.safetensors").write_bytes(b"z" * 10)
+    (d / "policylens-cache.json").write_text(json.dumps({"format_version": 1, "size": 99, "sha256": "0"}))
+    rebuilt = []
+    monkeypatch.setattr(packaged, "_build_cache", lambda pm, progress: rebuilt.append(pm.name) or d)
+    with pytest.warns(UserWarning, match="unusable \\(truncated weights"):
+        assert packaged.ensure_cached("smollm2-135m-instruct") == d
+    assert rebuilt == ["smollm2-135m-instruct"]
+
+
+def test_bos_handling_is_explicit_and_identical_on_both_backends():
+    tl = hooked.tiny_model("llama", backend="tl")
+    nn = hooked.tiny_model("llama", backend="nnsight")
+    bos = tl.tokenizer.bos_token
+    for m in (tl, nn):
+        default = m.to_str_tokens("hello world")
+        assert default[0] != bos  # SmolLM2's tokenizer adds no BOS by itself, and neither do we
+        assert m.to_str_tokens("hello world", prepend_bos=True) == [bos] + default
+        assert m.to_str_tokens("hello world", prepend_bos=False) == default
+    assert tl.to_str_tokens("a b", prepend_bos=True) == nn.to_str_tokens("a b", prepend_bos=True)
+    a = tl.capture(["a b"], "resid_post.0", positions="all", prepend_bos=True)
+    b = nn.capture(["a b"], "resid_post.0", positions="all", prepend_bos=True)
+    assert len(a) == 3 and torch.allclose(a["resid_post.0"], b["resid_post.0"], atol=FP32_ATOL)
