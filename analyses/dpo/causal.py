@@ -1,0 +1,139 @@
+"""Where inside the model the DPO shift lives: activation patching and steering between the pair.
+
+The quantity is the preference log-odds of a model m on the preference pairs,
+``M(m) = mean_i [log m(y_w,i | x_i) - log m(y_l,i | x_i)]``; the DPO margin is ``beta * (M(pi) - M(pi_ref))``.
+
+* Patching policy -> reference at layer L (activation patching, Meng et al. 2022 / Vig et al. 2020): run the
+  reference with its ``resid_post.L`` replaced by the policy's on the same tokens;
+  ``recovered(L) = (M(ref <- pi@L) - M(ref)) / (M(pi) - M(ref))``. Since ``resid_post.L`` carries everything
+  computed up to layer L, the curve rises with depth; where it jumps is where the shift is written. What the
+  last layer does not recover lives in the final norm and unembedding (``head_share``).
+* Reverse, reference -> policy at L: ``removed(L) = (M(pi) - M(pi <- ref@L)) / (M(pi) - M(ref))``.
+* Steering recovery: add ``delta_L = mean over real tokens of (h_pi,L - h_ref,L)`` (on these same sequences)
+  to every real position of the reference's ``resid_post.L``; ``steer(L) = (M(ref + delta_L) - M(ref)) /
+  (M(pi) - M(ref))``; the best layer (fraction closest to 1) and its fraction are reported.
+
+The same fractions are also given for the chosen log-ratio alone, ``mean_i log m(y_w,i|x_i)``.
+When ``|M(pi) - M(ref)|`` is below ``tol`` there is no shift to recover and fractions are NaN.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from tqdm.auto import tqdm
+
+from . import _common as C
+
+
+def _logps(model, enc, hooks=None):
+    if hooks:
+        with model.hooks(hooks):
+            logits = model.forward(enc.input_ids, enc.attention_mask)
+    else:
+        logits = model.forward(enc.input_ids, enc.attention_mask)
+    return C.token_logprobs(logits, enc).double().cpu()
+
+
+def _record(model, enc, layers):
+    store = {}
+
+    def make(L):
+        def fn(act, ctx):
+            store[L] = act.detach().clone()
+        return fn
+
+    lp = _logps(model, enc, {f"resid_post.{L}": make(L) for L in layers})
+    return lp, store
+
+
+def _replace(value):
+    return lambda act, ctx: value.to(act.dtype)
+
+
+def _add(delta, mask):
+    return lambda act, ctx: act + delta.to(act.dtype) * mask[:, -act.shape[1]:, None].to(act.dtype)
+
+
+def _fraction(num: float, den: float, tol: float) -> float:
+    return num / den if abs(den) > tol else float("nan")
+
+
+@torch.no_grad()
+def localise(reference, policy, pairs, layers=None, batch_size: int = 8, tol: float = 1e-6,
+             steering: bool = True, progress=None) -> dict:
+    """Per-layer patching curves (both directions) and steering recovery; see the module docstring."""
+    layers = list(range(reference.n_layers)) if layers is None else sorted(set(layers))
+    bad = [L for L in layers if not 0 <= L < reference.n_layers]
+    if bad:
+        raise ValueError(f"Layers {bad} are out of range: this model has {reference.n_layers} layers "
+                         f"(0-{reference.n_layers - 1}).")
+    tok = reference.tokenizer
+    ctx = C.context_length(reference)
+    n = len(pairs)
+    enc = C.encode(tok, pairs.prompts + pairs.prompts, pairs.chosen + pairs.rejected, max_length=ctx)
+    dev = reference.device
+    base_ref, base_pol = [], []
+    fwd = {L: [] for L in layers}
+    rev = {L: [] for L in layers}
+    delta_sum = {L: 0.0 for L in layers}
+    n_tok = 0
+    slices = list(C.batches(len(enc), batch_size))
+    for sl in tqdm(slices, disable=not progress, desc="patching"):
+        b = enc.batch(sl, dev)
+        lr, hr = _record(reference, b, layers)
+        lp, hp = _record(policy, b, layers)
+        base_ref.append(lr)
+        base_pol.append(lp)
+        m = b.attention_mask.to(hr[layers[0]].dtype)[..., None]
+        n_tok += int(b.attention_mask.sum())
+        for L in layers:
+            delta_sum[L] = delta_sum[L] + ((hp[L] - hr[L]) * m).sum((0, 1))
+            fwd[L].append(_logps(reference, b, {f"resid_post.{L}": _replace(hp[L])}))
+            rev[L].append(_logps(policy, b, {f"resid_post.{L}": _replace(hr[L])}))
+    base_ref, base_pol = torch.cat(base_ref), torch.cat(base_pol)
+
+    def pref(lp):  # (preference log-odds M, chosen log-prob mean)
+        return (lp[:n] - lp[n:]).mean().item(), lp[:n].mean().item()
+
+    m_ref, c_ref = pref(base_ref)
+    m_pol, c_pol = pref(base_pol)
+    shift, c_shift = m_pol - m_ref, c_pol - c_ref
+    out = {"layers": layers, "site": "resid_post", "n_pairs": n, "M_reference": m_ref, "M_policy": m_pol,
+           "M_shift": shift, "chosen_shift": c_shift,
+           "patch_policy_into_reference": [], "patch_reference_into_policy": [],
+           "chosen_patch_policy_into_reference": [], "chosen_patch_reference_into_policy": []}
+    for L in layers:
+        mf, cf = pref(torch.cat(fwd[L]))
+        mr, cr = pref(torch.cat(rev[L]))
+        out["patch_policy_into_reference"].append(_fraction(mf - m_ref, shift, tol))
+        out["patch_reference_into_policy"].append(_fraction(m_pol - mr, shift, tol))
+        out["chosen_patch_policy_into_reference"].append(_fraction(cf - c_ref, c_shift, tol))
+        out["chosen_patch_reference_into_policy"].append(_fraction(c_pol - cr, c_shift, tol))
+    last = out["patch_policy_into_reference"][-1] if layers[-1] == reference.n_layers - 1 else float("nan")
+    out["head_share"] = 1.0 - last if not math.isnan(last) else float("nan")
+    if steering:
+        out.update(_steer(reference, enc, layers, {L: delta_sum[L] / max(n_tok, 1) for L in layers},
+                          slices, m_ref, c_ref, shift, c_shift, n, tol, progress))
+    return out
+
+
+def _steer(reference, enc, layers, deltas, slices, m_ref, c_ref, shift, c_shift, n, tol, progress) -> dict:
+    dev = reference.device
+    per = {L: [] for L in layers}
+    for sl in tqdm(slices, disable=not progress, desc="steering"):
+        b = enc.batch(sl, dev)
+        for L in layers:
+            per[L].append(_logps(reference, b, {f"resid_post.{L}": _add(deltas[L], b.attention_mask)}))
+    steer, steer_c = [], []
+    for L in layers:
+        lp = torch.cat(per[L])
+        steer.append(_fraction((lp[:n] - lp[n:]).mean().item() - m_ref, shift, tol))
+        steer_c.append(_fraction(lp[:n].mean().item() - c_ref, c_shift, tol))
+    # best = the layer whose steering reproduces the shift most faithfully (fraction closest to 1; an
+    # overshoot is no better than an undershoot)
+    finite = [(abs(1.0 - f), f, L) for f, L in zip(steer, layers) if not math.isnan(f)]
+    best = min(finite)[1:] if finite else (float("nan"), None)
+    return {"steering_recovered": steer, "chosen_steering_recovered": steer_c,
+            "steering_best_layer": best[1], "steering_best_fraction": best[0],
+            "steering_delta_norm": [float(deltas[L].norm()) for L in layers]}

@@ -1,0 +1,73 @@
+"""Interventions: steering vectors at inference, activation patching, directional ablation.
+
+Every write goes through :meth:`hooked.HookedModel.hooks`, so each returns a handle
+that works as a context manager and with ``.remove()``, on both backends:
+
+>>> vec = interventions.extract(model, interventions.data.sentiment_pairs(), "resid_post.12")
+>>> with vec.apply(model, multiplier=4.0, positions="all"):
+...     model.generate(["The weather today"], max_new_tokens=20)
+>>> res = interventions.activation_patching(model, clean, corrupted, "resid_post.*", answers=(" Paris", " Rome"))
+>>> with interventions.ablate_direction(model, direction): ...
+"""
+
+from . import data, operators
+from .ablation import ablate_direction, ablation_sites, orthogonalize_weights
+from .evaluate import (
+    GenerationSweep,
+    ProbeScorer,
+    SweepResult,
+    anti_steerable_fraction,
+    generation_sweep,
+    logit_difference,
+    multiplier_sweep,
+    probe_scorer,
+    side_effect_kl,
+    steerability_slopes,
+)
+from .extract import extract, from_direction, from_probe, mean_difference, pca_direction, probe_direction
+from .operators import position_mask
+from .patching import (
+    CleanRun,
+    PatchingResult,
+    activation_patching,
+    fraction_recovered,
+    plot_patching,
+    run_clean,
+    run_patched,
+)
+from .steering import SteeringHandle, SteeringVector, make_hook
+
+__all__ = [
+    "CleanRun",
+    "GenerationSweep",
+    "PatchingResult",
+    "ProbeScorer",
+    "SteeringHandle",
+    "SteeringVector",
+    "SweepResult",
+    "ablate_direction",
+    "ablation_sites",
+    "activation_patching",
+    "anti_steerable_fraction",
+    "data",
+    "extract",
+    "fraction_recovered",
+    "from_direction",
+    "from_probe",
+    "generation_sweep",
+    "logit_difference",
+    "make_hook",
+    "mean_difference",
+    "multiplier_sweep",
+    "operators",
+    "orthogonalize_weights",
+    "pca_direction",
+    "plot_patching",
+    "position_mask",
+    "probe_direction",
+    "probe_scorer",
+    "run_clean",
+    "run_patched",
+    "side_effect_kl",
+    "steerability_slopes",
+]

@@ -1,0 +1,170 @@
+"""Pure tensor operators for writing into activations, and position selection.
+
+Every operator takes an activation ``act`` whose trailing dimensions match the
+vector's shape (``[B, T, d]`` with a ``[d]`` vector for residual-stream sites,
+``[B, T, H, d_head]`` with an ``[H, d_head]`` vector for ``attn.head_out``) and an
+optional boolean ``mask`` over the leading dimensions (``[B, T]``); where the mask
+is False the activation is returned bit-for-bit unchanged.
+
+With ``v`` the steering vector, ``m`` the multiplier and ``u = v / ||v||``:
+
+* ``add``    (activation addition, Turner et al. 2023; CAA, Rimsky et al. 2024):
+  ``x' = x + m v``
+* ``ablate`` (directional ablation, Arditi et al. 2024): ``x' = x - m (x . u) u``;
+  ``m = 1`` removes the component along ``u`` entirely.
+* ``clamp``  (set the coordinate along ``u`` to a fixed value):
+  ``x' = x - (x . u) u + m ||v|| u``; ``m = 0`` equals ``ablate`` with ``m = 1``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+
+OPERATORS = ("add", "ablate", "clamp")
+POSITION_MODES = ("all", "prompt", "generated")
+
+
+def _check_shapes(act: torch.Tensor, vector: torch.Tensor) -> None:
+    k = vector.dim()
+    if k == 0 or act.dim() < k or tuple(act.shape[-k:]) != tuple(vector.shape):
+        raise ValueError(
+            f"The vector has shape {tuple(vector.shape)} but the activation has shape {tuple(act.shape)}; "
+            f"the vector must match the activation's trailing dimensions (e.g. [d_model] for a residual site)."
+        )
+
+
+def _apply_mask(act: torch.Tensor, new: torch.Tensor, mask: torch.Tensor | None, k: int) -> torch.Tensor:
+    if mask is None:
+        return new
+    mask = mask.to(device=act.device, dtype=torch.bool)
+    lead = act.dim() - k
+    if mask.dim() > lead or tuple(mask.shape) != tuple(act.shape[: mask.dim()]):
+        raise ValueError(
+            f"The position mask has shape {tuple(mask.shape)} but the activation's leading dimensions are "
+            f"{tuple(act.shape[:lead])}; the mask must cover [B, T]."
+        )
+    mask = mask.reshape(*mask.shape, *([1] * (act.dim() - mask.dim())))
+    return torch.where(mask, new, act)
+
+
+def _projection(act: torch.Tensor, unit: torch.Tensor) -> torch.Tensor:
+    """Coordinate of ``act`` along ``unit`` (float32), shape = act's leading dims + ones."""
+    k = unit.dim()
+    x = act.float()
+    u = unit.to(device=act.device, dtype=torch.float32)
+    coef = (x * u).flatten(-k).sum(-1)
+    return coef.reshape(*coef.shape, *([1] * k))
+
+
+def unit(vector: torch.Tensor) -> torch.Tensor:
+    """``vector / ||vector||`` (Frobenius norm over all its entries); a zero vector is an error."""
+    norm = vector.float().norm()
+    if not torch.isfinite(norm) or norm == 0:
+        raise ValueError(f"Cannot normalise a vector with norm {float(norm)}; a direction needs a finite, non-zero norm.")
+    return vector.float() / norm
+
+
+def add(act: torch.Tensor, vector: torch.Tensor, multiplier: float = 1.0, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Activation addition ``x' = x + m v`` at the masked positions."""
+    _check_shapes(act, vector)
+    delta = (float(multiplier) * vector.to(device=act.device, dtype=torch.float32)).to(act.dtype)
+    return _apply_mask(act, act + delta, mask, vector.dim())
+
+
+def ablate(act: torch.Tensor, vector: torch.Tensor, multiplier: float = 1.0, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Directional ablation ``x' = x - m (x . u) u`` (Arditi et al. 2024 with ``m = 1``)."""
+    _check_shapes(act, vector)
+    u = unit(vector).to(act.device)
+    new = (act.float() - float(multiplier) * _projection(act, u) * u).to(act.dtype)
+    return _apply_mask(act, new, mask, vector.dim())
+
+
+def clamp(act: torch.Tensor, vector: torch.Tensor, multiplier: float = 1.0, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Clamp the coordinate along ``u``: ``x' = x - (x . u) u + m ||v|| u``."""
+    _check_shapes(act, vector)
+    u = unit(vector).to(act.device)
+    target = float(multiplier) * float(vector.float().norm())
+    new = (act.float() + (target - _projection(act, u)) * u).to(act.dtype)
+    return _apply_mask(act, new, mask, vector.dim())
+
+
+OPERATOR_FNS = {"add": add, "ablate": ablate, "clamp": clamp}
+
+
+def get_operator(name: str):
+    if name not in OPERATOR_FNS:
+        raise ValueError(f"Unknown operator {name!r}; choose one of {list(OPERATORS)}.")
+    return OPERATOR_FNS[name]
+
+
+def check_positions(positions) -> None:
+    """Validate a position spec: 'all' | 'prompt' | 'generated' | int | list of ints."""
+    if isinstance(positions, str):
+        if positions not in POSITION_MODES:
+            raise ValueError(
+                f"Unknown positions {positions!r}; use 'all', 'prompt', 'generated', an int or a list of ints "
+                "(indices among each prompt's real tokens, negative counts from the prompt's end)."
+            )
+        return
+    if isinstance(positions, bool):
+        raise TypeError("positions=True/False is ambiguous; use 'all', 'prompt', 'generated' or token indices.")
+    if isinstance(positions, int):
+        return
+    if isinstance(positions, Sequence) and all(isinstance(p, int) and not isinstance(p, bool) for p in positions):
+        if len(positions) == 0:
+            raise ValueError("positions=[] selects nothing; pass at least one token index or 'all'.")
+        return
+    raise TypeError(
+        f"positions must be 'all', 'prompt', 'generated', an int or a list of ints; got {type(positions).__name__} {positions!r}."
+    )
+
+
+def position_mask(
+    positions,
+    token_positions: torch.Tensor,
+    is_generated: torch.Tensor | None = None,
+    prompt_lengths: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Boolean ``[B, T]`` mask of the slots to write.
+
+    ``token_positions[b, t]`` is the index of slot ``t`` among row ``b``'s real tokens
+    (``-1`` for padding, which is never selected); ``is_generated[b, t]`` marks tokens
+    produced by ``generate``. Integer positions index each row's *prompt* tokens;
+    negative ones count from the prompt's end (``-1`` = last prompt token), so they
+    need ``prompt_lengths``.
+    """
+    check_positions(positions)
+    real = token_positions >= 0
+    gen = is_generated.to(torch.bool) if is_generated is not None else torch.zeros_like(real)
+    if positions == "all":
+        return real
+    if positions == "prompt":
+        return real & ~gen
+    if positions == "generated":
+        return real & gen
+    idx = torch.as_tensor([positions] if isinstance(positions, int) else list(positions), device=token_positions.device)
+    idx = idx.view(1, -1).expand(token_positions.shape[0], -1)
+    if (idx < 0).any():
+        if prompt_lengths is None:
+            raise ValueError("Negative token positions count from the prompt's end and need the prompt lengths.")
+        idx = torch.where(idx < 0, idx + prompt_lengths.to(idx.device).view(-1, 1), idx)
+    hit = (token_positions.unsqueeze(-1) == idx.unsqueeze(1)).any(-1)
+    return hit & real & ~gen
+
+
+def check_finite(name: str, value) -> None:
+    """Raise if a multiplier or vector contains NaN/inf."""
+    if isinstance(value, torch.Tensor):
+        if not torch.isfinite(value).all():
+            bad = int((~torch.isfinite(value)).sum())
+            raise ValueError(f"{name} contains {bad} NaN/inf entries; steering needs finite values.")
+        return
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a number; got {type(value).__name__} {value!r}.") from None
+    if not math.isfinite(v):
+        raise ValueError(f"{name} is {v}; it must be a finite number.")

@@ -1,0 +1,268 @@
+"""Activation patching: copy activations of a clean run into a corrupted run.
+
+For each site ``s`` and token position ``p`` the corrupted prompts are run with the
+activation at ``(s, p)`` replaced by the clean run's activation there, and the
+fraction of the metric recovered is
+
+    recovered(s, p) = (M_patched(s, p) - M_corrupted) / (M_clean - M_corrupted)
+
+(0 = no effect, 1 = the clean behaviour fully restored; Meng et al. 2022, Wang et
+al. 2023, Heimersheim & Nanda 2024). The default metric ``M`` is the mean logit
+difference between the clean answer and the corrupted answer at the last token.
+
+Clean and corrupted prompts must have the same number of real tokens pair by pair,
+so positions (indices among each prompt's real tokens) line up. The clean run can
+come from another model with the same architecture (``source_model``): the
+activations of model A on the clean prompts are written into model B.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import torch
+
+from ._common import check_writable_site, token_ids
+from .evaluate import logit_difference
+
+
+@dataclass
+class CleanRun:
+    """Activations ``[B, T, ...]`` of the clean prompts at every requested site, plus its metric."""
+
+    acts: dict[str, torch.Tensor]
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    metric: float
+
+
+@dataclass
+class PatchingResult:
+    sites: list[str]
+    positions: list  # column labels: real-token indices, or "all"
+    recovered: torch.Tensor  # [S, P] fraction of the metric recovered
+    patched_metric: torch.Tensor  # [S, P]
+    clean_metric: float
+    corrupted_metric: float
+    tokens: list[str] | None = None  # string tokens of the first clean prompt (axis labels)
+    meta: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {
+            "sites": self.sites,
+            "positions": self.positions,
+            "recovered": self.recovered.tolist(),
+            "clean_metric": self.clean_metric,
+            "corrupted_metric": self.corrupted_metric,
+            **self.meta,
+        }
+
+    def plot(self, ax=None, title: str | None = None, cmap: str = "RdBu_r"):
+        """Heatmap (sites x positions) of the fraction recovered; returns the matplotlib Figure."""
+        return plot_patching(self, ax=ax, title=title, cmap=cmap)
+
+
+def _as_list(prompts) -> list[str]:
+    return [prompts] if isinstance(prompts, str) else list(prompts)
+
+
+def _default_metric(model, answers, n):
+    if answers is None:
+        raise ValueError(
+            "activation_patching needs answers=(clean_answer, corrupted_answer) tokens for the default "
+            "logit-difference metric, or metric=fn(logits) -> number."
+        )
+    if not (isinstance(answers, (tuple, list)) and len(answers) == 2):
+        raise ValueError(f"answers must be a pair (clean_answer, corrupted_answer); got {answers!r}.")
+    good = token_ids(model, answers[0], n, "clean answer")
+    bad = token_ids(model, answers[1], n, "corrupted answer")
+    return lambda logits: float(logit_difference(logits, good, bad).mean())
+
+
+def _check_models(src, dst) -> None:
+    for attr in ("arch", "n_layers", "d_model", "d_mlp", "n_heads", "d_head", "vocab_size"):
+        a, b = getattr(src, attr, None), getattr(dst, attr, None)
+        if a != b:
+            raise ValueError(
+                f"Cross-model patching needs the same architecture: source {attr}={a} but destination {attr}={b}."
+            )
+
+
+@torch.no_grad()
+def run_clean(model, clean: Sequence[str], sites: Sequence[str], metric: Callable | None = None) -> CleanRun:
+    """Run ``model`` on the clean prompts and keep every site's activation ``[B, T, ...]``."""
+    enc = model.tokenize(_as_list(clean))
+    acts: dict[str, torch.Tensor] = {}
+
+    def store(site):
+        def fn(act, ctx):
+            acts[site] = act.detach().clone()
+
+        return fn
+
+    with model.hooks({s: store(s) for s in sites}):
+        logits = model.forward(enc["input_ids"], enc["attention_mask"])
+    return CleanRun(acts, enc["input_ids"], enc["attention_mask"], metric(logits) if metric else float("nan"))
+
+
+def _patch_hook(clean_act: torch.Tensor, positions):
+    def fn(act, ctx):
+        if clean_act.shape != act.shape:
+            raise ValueError(
+                f"Clean activation at {ctx.site} has shape {tuple(clean_act.shape)} but the corrupted run has "
+                f"{tuple(act.shape)}; the two runs must tokenize to the same layout."
+            )
+        real = ctx.positions >= 0
+        if positions == "all":
+            mask = real
+        else:
+            idx = torch.as_tensor(list(positions), dtype=torch.long, device=ctx.positions.device)
+            mask = real & (ctx.positions.unsqueeze(-1) == idx).any(-1) if idx.numel() else torch.zeros_like(real)
+        mask = mask.to(act.device).reshape(*mask.shape, *([1] * (act.dim() - 2)))
+        return torch.where(mask, clean_act.to(device=act.device, dtype=act.dtype), act)
+
+    return fn
+
+
+@torch.no_grad()
+def run_patched(model, corrupted: Sequence[str], clean_run: CleanRun, patches: dict) -> torch.Tensor:
+    """Logits of ``model`` on the corrupted prompts with ``{site: positions}`` patched from ``clean_run``.
+
+    ``positions`` is ``"all"`` or a list of real-token indices (``[]`` patches nothing).
+    """
+    enc = model.tokenize(_as_list(corrupted))
+    if enc["attention_mask"].shape != clean_run.attention_mask.shape or not torch.equal(
+        enc["attention_mask"].cpu(), clean_run.attention_mask.cpu()
+    ):
+        lc = clean_run.attention_mask.sum(1).tolist()
+        lk = enc["attention_mask"].sum(1).tolist()
+        raise ValueError(
+            f"Clean and corrupted prompts must have the same number of tokens pair by pair; clean lengths {lc}, "
+            f"corrupted lengths {lk}. Reword them so positions align (e.g. swap single-token names)."
+        )
+    hooks = {}
+    for site, pos in patches.items():
+        if site not in clean_run.acts:
+            raise ValueError(f"The clean run has no activations for {site!r}; it captured {sorted(clean_run.acts)}.")
+        hooks[site] = _patch_hook(clean_run.acts[site], pos)
+    if not hooks:
+        return model.forward(enc["input_ids"], enc["attention_mask"])
+    with model.hooks(hooks):
+        return model.forward(enc["input_ids"], enc["attention_mask"])
+
+
+def fraction_recovered(patched: float, clean: float, corrupted: float) -> float:
+    """``(patched - corrupted) / (clean - corrupted)``."""
+    return (patched - corrupted) / (clean - corrupted)
+
+
+@torch.no_grad()
+def activation_patching(
+    model,
+    clean,
+    corrupted,
+    sites="resid_post.*",
+    positions="each",
+    answers=None,
+    metric: Callable[[torch.Tensor], float] | None = None,
+    source_model=None,
+    progress=None,
+) -> PatchingResult:
+    """Patch each site x position from the clean run (of ``source_model``, default ``model``) into ``model``'s corrupted run.
+
+    ``positions``: ``"each"`` (one column per real-token index), ``"all"`` (one column,
+    every position at once), or a list of real-token indices (one column each).
+    ``answers=(clean_answer, corrupted_answer)`` sets the default logit-difference
+    metric; or pass ``metric(logits) -> float``.
+    """
+    from hooked import sites as _sites
+    from tqdm.auto import tqdm
+
+    clean, corrupted = _as_list(clean), _as_list(corrupted)
+    if len(clean) != len(corrupted) or not clean:
+        raise ValueError(f"Need as many clean as corrupted prompts (and at least one); got {len(clean)} and {len(corrupted)}.")
+    source = model if source_model is None else source_model
+    if source is not model:
+        _check_models(source, model)
+        for c in clean:
+            a = source.tokenizer.encode(c, add_special_tokens=False)
+            b = model.tokenizer.encode(c, add_special_tokens=False)
+            if a != b:
+                raise ValueError(f"Source and destination tokenizers disagree on {c!r}: {a} vs {b}.")
+    names = _sites.expand(model, sites)
+    for n in names:
+        check_writable_site(model, n)
+    metric = metric or _default_metric(model, answers, len(clean))
+
+    clean_run = run_clean(source, clean, names, metric)
+    # Validates lengths before any site is patched.
+    corrupted_metric = float(metric(run_patched(model, corrupted, clean_run, {})))
+    denom = clean_run.metric - corrupted_metric
+    if abs(denom) < 1e-8:
+        raise ValueError(
+            f"The clean run (metric {clean_run.metric:.6g}) and the corrupted run ({corrupted_metric:.6g}) agree, so "
+            "there is nothing to recover; pick prompts/answers whose metric differs."
+        )
+    n_real = int(clean_run.attention_mask.sum(1).max())
+    if positions == "each":
+        cols = list(range(n_real))
+    elif positions == "all":
+        cols = ["all"]
+    else:
+        cols = [positions] if isinstance(positions, int) else list(positions)
+        bad = [p for p in cols if not isinstance(p, int) or not 0 <= p < n_real]
+        if bad:
+            raise ValueError(f"Positions {bad} are outside 0..{n_real - 1} (indices among the prompts' real tokens).")
+    patched = torch.zeros(len(names), len(cols))
+    total = len(names) * len(cols)
+    bar = tqdm(total=total, desc="patching", disable=not progress)
+    for i, site in enumerate(names):
+        for j, col in enumerate(cols):
+            pos = "all" if col == "all" else [col]
+            patched[i, j] = float(metric(run_patched(model, corrupted, clean_run, {site: pos})))
+            bar.update(1)
+    bar.close()
+    tokens = None
+    if hasattr(model, "to_str_tokens"):
+        try:
+            tokens = list(model.to_str_tokens(clean[0]))
+        except Exception:  # labels are cosmetic
+            tokens = None
+    return PatchingResult(
+        sites=names,
+        positions=cols,
+        recovered=(patched - corrupted_metric) / denom,
+        patched_metric=patched,
+        clean_metric=clean_run.metric,
+        corrupted_metric=corrupted_metric,
+        tokens=tokens,
+        meta={"source_model": getattr(source, "name", None), "destination_model": getattr(model, "name", None)},
+    )
+
+
+def plot_patching(result: PatchingResult, ax=None, title: str | None = None, cmap: str = "RdBu_r"):
+    """Sites (rows) x positions (columns) heatmap of the fraction recovered."""
+    import matplotlib
+
+    if ax is None:
+        matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    data = result.recovered.numpy()
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(1.0 + 0.55 * len(result.positions), 0.8 + 0.28 * len(result.sites)))
+    else:
+        fig = ax.figure
+    lim = max(1.0, float(abs(data).max()))
+    im = ax.imshow(data, cmap=cmap, vmin=-lim, vmax=lim, aspect="auto")
+    ax.set_yticks(range(len(result.sites)), result.sites, fontsize=7)
+    labels = [str(p) for p in result.positions]
+    if result.tokens is not None and result.positions != ["all"] and len(result.tokens) >= len(result.positions):
+        labels = [f"{p}:{result.tokens[p]!r}" if isinstance(p, int) else str(p) for p in result.positions]
+    ax.set_xticks(range(len(labels)), labels, rotation=60, ha="right", fontsize=7)
+    ax.set_xlabel("position (index among real tokens)")
+    ax.set_title(title or "activation patching: fraction of metric recovered")
+    fig.colorbar(im, ax=ax, label="recovered")
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,233 @@
+"""Built-in concept datasets for layer-wise probing, generated in code (no download).
+
+Rising complexity, after Jin et al. 2024, "Exploring Concept Depth": factual recall
+(``factual``), sentiment (``emotional``), number comparison (``comparison``) and coin-flip
+state tracking (``inferential``). Every dataset has ``texts``, binary ``labels`` and
+``groups``: examples that share a group (the same city in a true and a false statement,
+the same pair of numbers in both orders, ...) are kept in the same cross-validation fold
+by :func:`probes.layer_sweep`, so a probe cannot score by memorising the entity.
+"""
+from __future__ import annotations
+
+import csv
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+DATA_DIR = Path(__file__).parent / "data"
+BUILTIN = ("factual", "emotional", "comparison", "inferential")
+
+
+@dataclass
+class ConceptDataset:
+    """A binary concept dataset: ``texts[i]`` has label ``labels[i]`` and group ``groups[i]``."""
+
+    name: str
+    texts: list
+    labels: np.ndarray
+    groups: np.ndarray | None = None
+    label_names: tuple = ("0", "1")
+    description: str = ""
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.texts = list(self.texts)
+        self.labels = np.asarray(self.labels)
+        if len(self.texts) == 0:
+            raise ValueError(f"Dataset {self.name!r} is empty: it needs at least two examples "
+                             "per class, e.g. probes.datasets.load('factual').")
+        if not all(isinstance(t, str) for t in self.texts):
+            raise TypeError(f"Dataset {self.name!r}: every text must be a str.")
+        if self.labels.ndim != 1 or len(self.labels) != len(self.texts):
+            raise ValueError(f"Dataset {self.name!r} has {len(self.texts)} texts but labels of shape "
+                             f"{tuple(self.labels.shape)}; give one label per text.")
+        if self.groups is not None:
+            self.groups = np.asarray(self.groups)
+            if len(self.groups) != len(self.texts):
+                raise ValueError(f"Dataset {self.name!r} has {len(self.texts)} texts but "
+                                 f"{len(self.groups)} groups; give one group per text or groups=None.")
+
+    def __len__(self):
+        return len(self.texts)
+
+    def subset(self, index) -> "ConceptDataset":
+        index = np.asarray(index)
+        return ConceptDataset(self.name, [self.texts[i] for i in index], self.labels[index],
+                              None if self.groups is None else self.groups[index],
+                              self.label_names, self.description, dict(self.meta))
+
+
+def _cities():
+    with open(DATA_DIR / "cities.csv", newline="") as f:
+        return [(r["city"], r["country"]) for r in csv.DictReader(f)]
+
+
+def factual(n=None, seed=0) -> ConceptDataset:
+    """"The city of X is in Y." -- true (1) with the city's country from ``data/cities.csv``,
+    false (0) with another country. Each city gives one true and one false statement (group = city)."""
+    rng = random.Random(seed)
+    rows = _cities()
+    countries = sorted({c for _, c in rows})
+    texts, labels, groups = [], [], []
+    for city, country in rows:
+        wrong = rng.choice([c for c in countries if c != country])
+        for label, c in ((1, country), (0, wrong)):
+            texts.append(f"The city of {city} is in {c}.")
+            labels.append(label)
+            groups.append(city)
+    return _finish("factual", texts, labels, groups, n, seed, ("false", "true"),
+                   "City-country statements, true vs false (group = city).")
+
+
+_FRAMES = [
+    "After the concert,", "When the letter arrived,", "At the end of the trip,", "After the exam,",
+    "When the results came in,", "After dinner with her parents,", "When he opened the door,",
+    "After the long meeting,", "When the phone rang,", "At the wedding,", "After the game,",
+    "When the package was delivered,", "On the first day of school,", "After the interview,",
+    "When the plane landed,", "At the birthday party,", "After reading the review,",
+    "When the doctor called,", "After moving to the new city,", "When the train stopped,",
+    "At the family reunion,", "After the storm passed,", "When the email came,",
+    "After the performance,", "When the teacher returned the essays,", "At the airport,",
+    "After the long walk,", "When the lights came back on,", "After the vote,", "At the market,",
+]
+_POS = ["overjoyed", "thrilled", "delighted", "elated", "cheerful", "grateful", "proud", "hopeful",
+        "relieved", "content", "ecstatic", "glad", "joyful", "happy", "calm", "excited", "pleased",
+        "optimistic", "jubilant", "satisfied", "amused", "radiant", "blissful", "confident"]
+_NEG = ["miserable", "devastated", "heartbroken", "furious", "anxious", "ashamed", "gloomy", "bitter",
+        "terrified", "lonely", "upset", "sad", "angry", "depressed", "disappointed", "frustrated",
+        "hopeless", "jealous", "nervous", "resentful", "desperate", "guilty", "worried", "humiliated"]
+_SUBJECTS = ["she", "he", "they", "I", "we", "everyone", "my sister", "our neighbour"]
+
+
+def emotional(n=None, seed=0, per_word=10) -> ConceptDataset:
+    """Sentiment: "<neutral frame> <subject> felt <emotion word>." -- positive (1) or negative (0).
+    Group = the emotion word (24 positive, 24 negative), so test folds only hold emotion words the
+    probe never saw: it has to generalise the valence, not memorise words."""
+    rng = random.Random(seed)
+    texts, labels, groups = [], [], []
+    for label, words in ((1, _POS), (0, _NEG)):
+        for w in words:
+            for _ in range(per_word):
+                texts.append(f"{rng.choice(_FRAMES)} {rng.choice(_SUBJECTS)} felt {w}.")
+                labels.append(label)
+                groups.append(w)
+    return _finish("emotional", texts, labels, groups, n, seed, ("negative", "positive"),
+                   "Neutral frame + 'felt <emotion word>', positive vs negative (group = emotion word).")
+
+
+def comparison(n=None, seed=0, low=10, high=99, n_pairs=200) -> ConceptDataset:
+    """"A is larger than B." for two-digit numbers, true (1) or false (0). Each unordered pair
+    appears in both orders (group = pair), so the labels are balanced within every group."""
+    rng = random.Random(seed)
+    pairs = set()
+    while len(pairs) < n_pairs:
+        a, b = rng.sample(range(low, high + 1), 2)
+        pairs.add((min(a, b), max(a, b)))
+    texts, labels, groups = [], [], []
+    for g, (a, b) in enumerate(sorted(pairs)):
+        for x, y in ((b, a), (a, b)):
+            texts.append(f"{x} is larger than {y}.")
+            labels.append(int(x > y))
+            groups.append(g)
+    return _finish("comparison", texts, labels, groups, n, seed, ("false", "true"),
+                   "Two-digit number comparisons, true vs false (group = number pair).")
+
+
+_NAMES = ["Ann", "Bob", "Cara", "Dan", "Eve", "Finn", "Gus", "Hana", "Ivan", "Jude", "Kim", "Leo",
+          "Mia", "Ned", "Olga", "Pia", "Raj", "Sam", "Tess", "Uma"]
+
+
+def inferential(n=None, seed=0, n_people=3, n_groups=160) -> ConceptDataset:
+    """Coin-flip state tracking: the coin starts heads up and each person flips it or not; label 1
+    if it is still heads up (an even number of flips). Per group of names, two flip patterns of
+    opposite parity, so the label is not predictable from who appears."""
+    rng = random.Random(seed)
+    texts, labels, groups = [], [], []
+    for g in range(n_groups):
+        names = rng.sample(_NAMES, n_people)
+        base = [rng.random() < 0.5 for _ in names]
+        flipped = list(base)
+        k = rng.randrange(n_people)
+        flipped[k] = not flipped[k]
+        for flips in (base, flipped):
+            steps = " ".join(f"{p} flips the coin." if f else f"{p} does not flip the coin."
+                             for p, f in zip(names, flips))
+            texts.append(f"A coin is heads up. {steps} Is the coin still heads up?")
+            labels.append(int(sum(flips) % 2 == 0))
+            groups.append(g)
+    return _finish("inferential", texts, labels, groups, n, seed, ("tails", "heads"),
+                   "Coin-flip state tracking, heads vs tails after the flips (group = names).")
+
+
+def _finish(name, texts, labels, groups, n, seed, label_names, description):
+    ds = ConceptDataset(name, texts, np.asarray(labels, dtype=np.int64), np.asarray(groups),
+                        label_names, description)
+    if n is None or n >= len(ds):
+        return ds
+    if n < 4:
+        raise ValueError(f"n={n} is too small for dataset {name!r}: ask for at least 4 examples.")
+    # Subsample whole groups so paired examples stay together, alternating between groups whose
+    # examples are mostly positive, mostly negative and mixed so the classes stay balanced.
+    rng = np.random.default_rng(seed)
+    uniq = np.unique(ds.groups)
+    share = np.array([ds.labels[ds.groups == g].mean() for g in uniq])
+    pools = [list(rng.permutation(uniq[sel])) for sel in (share > 0.5, share < 0.5, share == 0.5)]
+    order = []
+    while any(pools):
+        for pool in pools:
+            if pool:
+                order.append(pool.pop())
+    keep, count = [], 0
+    for g in order:
+        idx = np.flatnonzero(ds.groups == g)
+        keep.extend(idx.tolist())
+        count += len(idx)
+        if count >= n:
+            break
+    return ds.subset(np.sort(np.asarray(keep)))
+
+
+_LOADERS = {"factual": factual, "emotional": emotional, "comparison": comparison,
+            "inferential": inferential}
+
+
+def load(name: str, n: int | None = None, seed: int = 0) -> ConceptDataset:
+    """Load a built-in dataset by name (one of ``BUILTIN``) or a CSV path (see :func:`from_csv`).
+    ``n`` subsamples whole groups until at least ``n`` examples are kept."""
+    if name in _LOADERS:
+        return _LOADERS[name](n=n, seed=seed)
+    if str(name).endswith(".csv") or Path(str(name)).is_file():
+        ds = from_csv(name)
+        return ds if n is None else _finish(ds.name, ds.texts, ds.labels, ds.groups, n, seed,
+                                            ds.label_names, ds.description)
+    raise ValueError(f"Unknown dataset {name!r}: use one of {list(BUILTIN)} or a path to a CSV "
+                     "file with columns text,label[,group].")
+
+
+def from_csv(path, name: str | None = None) -> ConceptDataset:
+    """Load a user's CSV with a header ``text,label[,group]``. Labels may be integers or strings
+    (strings are mapped to 0..k-1 in sorted order and kept in ``label_names``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"CSV file {str(path)!r} does not exist.")
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        cols = reader.fieldnames or []
+        if "text" not in cols or "label" not in cols:
+            raise ValueError(f"CSV {str(path)!r} has columns {cols}; it needs a header with "
+                             "'text' and 'label' (and optionally 'group').")
+        rows = list(reader)
+    if not rows:
+        raise ValueError(f"CSV {str(path)!r} has a header but no rows; add lines 'text,label'.")
+    raw = [r["label"].strip() for r in rows]
+    try:
+        labels = np.asarray([int(x) for x in raw], dtype=np.int64)
+        names = tuple(str(v) for v in sorted(set(labels.tolist())))
+    except ValueError:
+        names = tuple(sorted(set(raw)))
+        labels = np.asarray([names.index(x) for x in raw], dtype=np.int64)
+    groups = np.asarray([r["group"] for r in rows]) if "group" in cols else None
+    return ConceptDataset(name or path.stem, [r["text"] for r in rows], labels, groups, names,
+                          f"Loaded from {path}.")
