@@ -80,7 +80,9 @@ def run_shift_report(reference, policy, preferences, out_dir, checkpoints=None, 
     bar.next()
 
     lp_ref, lp_pol = P.pair_logprobs(ref, prefs, bs), P.pair_logprobs(pol, prefs, bs)
-    result = {"reference": ref.name, "policy": pol.name, "arch": ref.arch, "n_layers": ref.n_layers,
+    label = lambda spec, model: str(spec) if isinstance(spec, (str, Path)) else model.name  # noqa: E731
+    result = {"reference": label(reference, ref), "policy": label(policy, pol), "arch": ref.arch,
+              "n_layers": ref.n_layers,
               "preferences": {"name": prefs.name, "entropy": prefs.entropy, "n_pairs": len(prefs),
                               "chat": bool(lim["chat"])},
               "limits": {k: (list(v) if isinstance(v, tuple) else v) for k, v in lim.items()},
