@@ -147,9 +147,13 @@ def add_subcommands(sub, common, load, write_json, CLIError) -> None:
     def cmd_dpo_shift(args):
         from analyses import dpo
 
-        numbers = dpo.run_shift_report(args.reference, args.policy, args.preferences, args.out,
-                                       checkpoints=args.checkpoints or None, progress=True)
-        print(f"report: {Path(args.out) / 'report.md'}  (margin {numbers.get('policy', {}).get('margin', 'n/a') if isinstance(numbers.get('policy'), dict) else ''})")
+        limits = {k: v for k, v in (("n_pairs", args.n_pairs), ("n_prompts", args.n_prompts), ("beta", args.beta),
+                                     ("layers", args.layers)) if v is not None}
+        if args.chat:
+            limits["chat"] = True
+        dpo.run_shift_report(args.reference, args.policy, args.preferences, args.out,
+                             checkpoints=args.checkpoints or None, progress=True, **limits)
+        print(f"report: {Path(args.out) / 'report.md'}\nnumbers: {Path(args.out) / 'report.json'}")
         return 0
 
     p = sub.add_parser("dpo-shift", help="how a DPO policy moved from its reference, and where inside")
@@ -157,6 +161,11 @@ def add_subcommands(sub, common, load, write_json, CLIError) -> None:
     p.add_argument("--policy", required=True, help="the DPO-trained policy")
     p.add_argument("--preferences", default="knowledge", help="knowledge | style | a prompt,chosen,rejected JSONL")
     p.add_argument("--checkpoints", nargs="*", help="checkpoint dirs for displacement over training")
+    p.add_argument("--n-pairs", type=int, help="preference pairs scored and patched")
+    p.add_argument("--n-prompts", type=int, help="prompts for KL / DID sampling and the per-layer internals")
+    p.add_argument("--layers", type=int, nargs="+", help="layers to patch / steer (default: all)")
+    p.add_argument("--beta", type=float, help="DPO beta of the implicit reward (default 0.1)")
+    p.add_argument("--chat", action="store_true", help="render prompts with the chat template (as in training)")
     p.add_argument("--out", default="runs/dpo_shift")
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=cmd_dpo_shift)

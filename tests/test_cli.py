@@ -68,3 +68,30 @@ def test_errors_are_one_line(tiny_dir, tmp_path, capsys):
     assert "out of range: this model has 3 layers (0-2)" in err and "Traceback" not in err
     rc = main(["capture", "x", "--model", "/nonexistent/model.gguf", "--out", str(tmp_path / "y")])
     assert rc == 2 and "does not exist" in capsys.readouterr().err
+
+
+def test_dpo_shift_report_files(tiny_dir, tmp_path):
+    import torch
+
+    pol_dir = tmp_path / "policy"
+    m, tok = hooked.tiny_hf_model("llama", seed=0)
+    with torch.no_grad():
+        m.model.layers[1].mlp.down_proj.weight.mul_(1.5)
+    m.save_pretrained(pol_dir)
+    tok.save_pretrained(pol_dir)
+    out = tmp_path / "shift"
+    assert main(["dpo-shift", "--reference", str(tiny_dir), "--policy", str(pol_dir), "--preferences", "knowledge",
+                 "--n-pairs", "4", "--n-prompts", "2", "--layers", "0", "2", "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert (out / "report.md").exists() and list(out.glob("*.png"))
+    text = json.dumps(report)
+    assert "margin" in text and "cka" in text.lower()
+
+
+def test_dpo_shift_refuses_mismatched_models(tiny_dir, tmp_path, capsys):
+    g_dir = tmp_path / "gpt2"
+    m, tok = hooked.tiny_hf_model("gpt2", seed=0)
+    m.save_pretrained(g_dir)
+    tok.save_pretrained(g_dir)
+    rc = main(["dpo-shift", "--reference", str(tiny_dir), "--policy", str(g_dir), "--out", str(tmp_path / "x")])
+    assert rc == 2 and "Traceback" not in capsys.readouterr().err
