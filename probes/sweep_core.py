@@ -85,17 +85,7 @@ def fold_scores(Xtr, ytr, Xte, method="logistic", C=1.0, shrinkage=0.1, standard
         Ztr, Zte = Xtr, Xte
     yt = torch.as_tensor(ytr, dtype=torch.bool)
     if method == "logistic":
-        clf = LogisticRegression(C=C, max_iter=max_iter, tol=tol, warm_start=warm)
-        out = []
-        Ztr_np, Zte_np = Ztr.double().numpy(), Zte.double().numpy()
-        # lbfgs on a few hundred features is latency-bound: multi-threaded BLAS only adds
-        # contention (10-20x slower on a busy 2-core machine), so pin it to one thread here.
-        with warnings.catch_warnings(), threadpool_limits(limits=1, user_api="blas"):
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            for layer in range(Ztr_np.shape[0]):
-                clf.fit(Ztr_np[layer], ytr)
-                out.append(Zte_np[layer] @ clf.coef_[0] + clf.intercept_[0])
-        return np.stack(out)
+        return _logistic_scores(Ztr, ytr, Zte, C, max_iter, tol, warm)
     m1, m0 = Ztr[:, yt].mean(1), Ztr[:, ~yt].mean(1)        # [L, d]
     diff = m1 - m0
     if method == "mass_mean":
@@ -113,6 +103,24 @@ def fold_scores(Xtr, ytr, Xte, method="logistic", C=1.0, shrinkage=0.1, standard
         p1 = float(yt.double().mean())
         b = -(w * (m0 + m1) / 2).sum(-1) + np.log(p1 / (1 - p1))
     return (torch.einsum("lmd,ld->lm", Zte, w) + b[:, None]).numpy()
+
+
+def _logistic_scores(Ztr, ytr, Zte, C, max_iter, tol, warm):
+    """L2 logistic regression per layer (scikit-learn lbfgs), warm-started across layers: each
+    fit starts from the previous layer's solution (``warm_start=True``), which adjacent layers of a
+    residual stream make a good initial point."""
+    clf = LogisticRegression(C=C, max_iter=max_iter, tol=tol, warm_start=warm)
+    out = []
+    # float32 is what the activations are; scikit-learn's lbfgs keeps it (half the traffic)
+    Ztr_np, Zte_np = Ztr.float().numpy(), Zte.double().numpy()
+    # lbfgs on a few hundred features is latency-bound: multi-threaded BLAS only adds
+    # contention (10-20x slower on a busy 2-core machine), so pin it to one thread here.
+    with warnings.catch_warnings(), threadpool_limits(limits=1, user_api="blas"):
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        for layer in range(Ztr_np.shape[0]):
+            clf.fit(Ztr_np[layer], ytr)
+            out.append(Zte_np[layer] @ clf.coef_[0].astype(np.float64) + float(clf.intercept_[0]))
+    return np.stack(out)
 
 
 def auroc_rows(scores: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -137,12 +145,28 @@ def mean_ci(values: np.ndarray, level=0.95):
 
 
 def cross_validate(X, y, groups=None, cv=5, method="logistic", control=True, seed=0, C=1.0,
-                   shrinkage=0.1, standardize=None, max_iter=1000, tol=1e-4, warm=True):
+                   shrinkage=0.1, standardize=None, max_iter=1000, tol=1e-4, warm=True, threads=1):
     """Per-layer fold accuracies and AUROCs ``[L, cv]`` (and the shuffled-label control's).
 
     The control (Hewitt & Liang 2019) permutes the labels once (seeded) and runs the identical
     pipeline on the same folds; selectivity = accuracy - control accuracy.
+
+    ``threads``: torch threads for the batched linear algebra while the sweep runs (restored
+    after; ``None`` keeps the current setting). On a shared CPU, multi-threaded kernels on these
+    small matrices mostly add contention, so the default is one.
     """
+    previous = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        return _cross_validate(X, y, groups, cv, method, control, seed, C, shrinkage, standardize,
+                               max_iter, tol, warm)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _cross_validate(X, y, groups, cv, method, control, seed, C, shrinkage, standardize, max_iter,
+                    tol, warm):
     if method not in METHODS:
         raise ValueError(f"Unknown probe method {method!r}; use one of {list(METHODS)}.")
     X = as_stack(X)

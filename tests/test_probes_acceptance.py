@@ -21,7 +21,7 @@ def test_logit_lens_on_smollm2(smollm2_tl):
 
 
 def test_factual_concept_is_decodable_mid_network(smollm2_tl):
-    ds = probes.datasets.load("factual", n=80)
+    ds = probes.datasets.load("factual", n=48)
     res = probes.layer_sweep(smollm2_tl, ds, sites=["resid_post.1", "resid_post.15", "resid_post.25"],
                              cv=5, method="mass_mean")
     acc = dict(zip(res.layers.tolist(), res.acc_mean))

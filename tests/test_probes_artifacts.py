@@ -56,7 +56,7 @@ def test_builtin_datasets_are_balanced_and_grouped():
         assert set(np.unique(ds.labels)) == {0, 1}
         assert abs(ds.labels.mean() - 0.5) < 0.05
         small = probes.datasets.load(name, n=50)
-        assert 50 <= len(small) < 70
+        assert 50 <= len(small) < 70 and abs(small.labels.mean() - 0.5) <= 0.1
         # whole groups are kept
         for g in np.unique(small.groups):
             assert (small.groups == g).sum() == (ds.groups == g).sum()
