@@ -29,7 +29,7 @@ class PlanItem:
     save: bool
 
 
-def _apply_fns(value: torch.Tensor, item: PlanItem, make_ctx: Callable) -> torch.Tensor:
+def _apply_fns(value: torch.Tensor, item: PlanItem, make_ctx: Callable, writable: bool = True) -> torch.Tensor:
     if not item.fns:
         return value
     ctx = make_ctx(item.site)
@@ -37,6 +37,12 @@ def _apply_fns(value: torch.Tensor, item: PlanItem, make_ctx: Callable) -> torch
         new = fn(value, ctx)
         if new is None:
             continue
+        if not writable:
+            raise ValueError(
+                f"Site {item.site.name!r} cannot be written with the nnsight backend (its nnsight location is a "
+                "read-only view); observe it (return None), use backend='tl' to write it, or write "
+                "'attn_out'/'resid_post' instead."
+            )
         if not isinstance(new, torch.Tensor):
             raise TypeError(
                 f"Hook {getattr(fn, '__name__', fn)!r} at site {item.site.name!r} returned "
@@ -162,7 +168,7 @@ class NNSightBackend:
                 shaped = value
                 if ref.heads:
                     shaped = value.reshape(*value.shape[:-1], -1, self._d_head)
-                new = _apply_fns(shaped, item, make_ctx)
+                new = _apply_fns(shaped, item, make_ctx, ref.writable)
                 if new is not shaped:
                     flat = new.reshape(value.shape) if ref.heads else new
                     if ref.index is not None:

@@ -146,7 +146,9 @@ class HookedModel:
 
         They apply to every later forward of this model (``forward``, ``capture``,
         ``generate`` ...) until the returned handle is removed; use it as a context
-        manager to scope them. Wildcards expand (``resid_post.*``).
+        manager to scope them. Wildcards expand (``resid_post.*``). On a site the
+        backend can only read (:meth:`writable`), a hook may observe (return ``None``);
+        returning a replacement there is an error.
         """
         if not isinstance(hooks, dict) or not hooks:
             raise TypeError("hooks must be a non-empty dict {site: fn}.")
@@ -155,15 +157,14 @@ class HookedModel:
             if not callable(fn):
                 raise TypeError(f"The hook for {spec!r} is {type(fn).__name__}, not a function fn(act, ctx).")
             for name in self.sites(spec):
-                if not self._backend.writable(S.parse(name)):
-                    raise ValueError(
-                        f"Site {name!r} cannot be written with the {self.backend!r} backend (its nnsight location is "
-                        "a read-only view); use backend='tl' to write it, or write 'attn_out'/'resid_post' instead."
-                    )
                 entries.append((name, fn))
         for name, fn in entries:
             self._hooks.setdefault(name, []).append(fn)
         return HookHandle(self._hooks, entries, dict(metadata))
+
+    def writable(self, site: str) -> bool:
+        """Whether hooks may replace the activation at ``site`` on this backend."""
+        return self._backend.writable(S.parse(site, self.n_layers))
 
     @property
     def active_hooks(self) -> dict[str, int]:
@@ -209,11 +210,18 @@ class HookedModel:
         return self._backend.run(inputs, plan, make_ctx, stop_after)
 
     @torch.inference_mode()
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits ``[B, T, V]`` for token ids (left-padded), with the active hooks applied."""
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                stop_after: str | None = None) -> torch.Tensor | None:
+        """Logits ``[B, T, V]`` for token ids (left-padded), with the active hooks applied.
+
+        ``stop_after="mlp.hidden.29"`` ends the pass right after that site (hooks that
+        only observe, e.g. streaming statistics, need nothing later) and returns ``None``.
+        """
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        logits, _ = self._run(input_ids.to(self.device), attention_mask.to(self.device))
+        saves = [self.sites(stop_after)[-1]] if stop_after is not None else ()
+        logits, _ = self._run(input_ids.to(self.device), attention_mask.to(self.device), saves=saves,
+                              stop_early=stop_after is not None)
         return logits
 
     __call__ = forward

@@ -119,5 +119,5 @@ def knowledge_entropy(model, texts, batch_size: int = 8, progress=None) -> Knowl
     with torch.no_grad(), model.hooks(hooks):
         for batch in tqdm(batches, disable=not progress, desc="knowledge entropy"):
             enc = model.tokenize(batch)
-            model.forward(enc["input_ids"], enc["attention_mask"])
+            model.forward(enc["input_ids"], enc["attention_mask"], stop_after=f"mlp.hidden.{model.n_layers - 1}")
     return acc.result()

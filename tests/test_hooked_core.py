@@ -95,8 +95,15 @@ def test_generate_ctx_marks_generated_tokens(model):
 
 def test_nnsight_refuses_read_only_site():
     nn = hooked.tiny_model("llama", backend="nnsight")
-    with pytest.raises(ValueError, match="cannot be written with the 'nnsight' backend"):
-        nn.hooks({"resid_mid.1": lambda a, c: a})
+    assert not nn.writable("resid_mid.1") and nn.writable("resid_post.1")
+    seen = []
+    with nn.hooks({"attn.pattern.1": lambda a, c: seen.append(a.shape) or None}):  # observing is fine
+        nn.run_with_hooks(["a b"])
+    assert seen == [(1, 4, 2, 2)]
+    with pytest.raises(ValueError, match="cannot be written with the nnsight backend"):
+        with nn.hooks({"resid_mid.1": lambda a, c: a * 0}):
+            nn.run_with_hooks(["a b"])
+    assert nn.active_hooks == {}
     tl = hooked.tiny_model("llama", backend="tl")
     with tl.hooks({"resid_mid.1": lambda a, c: a * 0}):
         out = tl.capture(["a b"], ["resid_mid.1"], positions="all")
@@ -104,6 +111,19 @@ def test_nnsight_refuses_read_only_site():
 
 
 # ---------------------------------------------------------------- capture
+def test_forward_stop_after(model):
+    calls, seen = [], []
+    head = model.hf_model.get_output_embeddings()
+    h = head.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        enc = model.tokenize(["a b c"])
+        with model.hooks({"mlp.hidden.1": lambda a, c: seen.append(a.shape) or None}):
+            assert model.forward(enc["input_ids"], enc["attention_mask"], stop_after="mlp.hidden.1") is None
+        assert calls == [] and seen == [(1, 3, 128)]
+    finally:
+        h.remove()
+
+
 def test_capture_stops_after_deepest_site(model):
     calls = []
     head = model.hf_model.get_output_embeddings()
