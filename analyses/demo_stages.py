@@ -141,19 +141,28 @@ def stage_steering(ctx):
 def stage_dpo(ctx):
     from analyses import dpo
 
-    steps = 6 if ctx.quick else 20
-    run = dpo.train(ctx.model_spec, "knowledge", ctx.out / "dpo_train", steps=steps, save_every=max(2, steps // 3),
-                    batch_size=4, n_pairs=steps * 4, progress=True)
-    limits = dict(n_pairs=8, n_prompts=6, k_samples=2, max_new_tokens=12, probe_n=80) if ctx.quick else dict(
-        n_pairs=16, n_prompts=12, k_samples=4, max_new_tokens=20, probe_n=160)
-    numbers = dpo.run_shift_report(ctx.model_spec, run.policy_dir, "knowledge", ctx.out / "dpo_shift",
-                                   checkpoints=run, progress=True, **limits)
-    md_path = ctx.out / "dpo_shift" / "report.md"
-    text = f"DPO ({steps} steps, knowledge preference set) then the policy-shift report (`dpo_shift/`).\n\n"
-    if md_path.exists():
-        body = md_path.read_text().split("\n", 1)[-1]
-        text += body.replace("](", "](dpo_shift/")
-    return json.loads(json.dumps(numbers, default=float)), text
+    L = ctx.model.n_layers
+    if ctx.quick:
+        steps, sets = 4, ["knowledge"]
+        layers = sorted({0, L // 4, L // 2, 3 * L // 4, L - 1})
+        limits = dict(n_pairs=8, n_prompts=4, k_samples=2, max_new_tokens=12, probe_n=80, layers=layers)
+    else:
+        steps, sets = 12, ["knowledge", "style"]
+        layers = sorted(set(range(0, L, 3)) | {L - 1})
+        limits = dict(n_pairs=12, n_prompts=6, k_samples=4, max_new_tokens=16, probe_n=120, layers=layers)
+    numbers, text = {}, [f"DPO with TRL ({steps} steps of 4 pairs, beta 0.1, lr 5e-6) from `{ctx.model.name}`, "
+                         f"then the policy-shift report, per preference set.\n"]
+    for name in sets:
+        run = dpo.train(ctx.model_spec, name, ctx.out / f"dpo_{name}" / "train", steps=steps,
+                        save_every=max(1, steps // 2), batch_size=4, progress=True)
+        report_dir = ctx.out / f"dpo_{name}"
+        numbers[name] = dpo.run_shift_report(ctx.model_spec, run.policy_dir, name, report_dir,
+                                             checkpoints=run, progress=True, **limits)
+        md_path = report_dir / "report.md"
+        if md_path.exists():
+            body = md_path.read_text().split("\n", 1)[-1].replace("](", f"](dpo_{name}/").replace("\n## ", "\n### ")
+            text.append(f"### Preference set `{name}`\n{body}")
+    return json.loads(json.dumps(numbers, default=float)), "\n".join(text)
 
 
 def stage_latent_cot(ctx):

@@ -83,19 +83,18 @@ class TinyReasoner:
                             answer_prefix_ids=[self.vocab.ans])
 
     def save(self, directory) -> Path:
-        from safetensors.torch import save_file
+        from safetensors.torch import save_model
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().contiguous() for k, v in self.model.state_dict().items()}
-        save_file(state, str(directory / "model.safetensors"))
+        save_model(self.model, str(directory / "model.safetensors"))  # handles the tied embedding / lm_head
         (directory / "config.json").write_text(json.dumps({"reasoner": asdict(self.config),
                                                            "format": "policylens.latent_cot/1"}, indent=2))
         return directory
 
     @classmethod
     def load(cls, directory) -> "TinyReasoner":
-        from safetensors.torch import load_file
+        from safetensors.torch import load_model
 
         directory = Path(directory)
         for name in ("config.json", "model.safetensors"):
@@ -104,6 +103,6 @@ class TinyReasoner:
                                         "config.json and model.safetensors (written by TinyReasoner.save).")
         meta = json.loads((directory / "config.json").read_text())
         reasoner = cls(ReasonerConfig(**meta["reasoner"]))
-        reasoner.model.load_state_dict(load_file(str(directory / "model.safetensors")))
+        load_model(reasoner.model, str(directory / "model.safetensors"))
         reasoner.model.eval()
         return reasoner

@@ -78,8 +78,12 @@ class TaskBatch:
 
 class PointerChasing:
     """In-context pointer chasing: the n pairs (u, pi(u)) of a random permutation pi as edge
-    tokens in a random order, then ``<q> N_s``. CoT c_i = pi^i(s) for i = 1..hops; answer =
-    pi^hops(s) (so K = hops)."""
+    tokens in a random order, then ``<q> N_s``. CoT: c_0 = s (the start restated), then
+    c_i = pi^i(s) for i = 1..hops; answer = pi^hops(s); so K = hops + 1 steps.
+
+    Restating the start makes every step a single operation (copy, then one lookup per hop);
+    without it the first hop at ``<bot>`` needs a two-layer composition (find the start, then
+    look it up), which a 2-layer model learned on some seeds only within our budget."""
 
     name = "pointer_chasing"
 
@@ -90,7 +94,7 @@ class PointerChasing:
 
     @property
     def n_steps(self) -> int:
-        return self.hops
+        return self.hops + 1
 
     def config(self) -> dict:
         return {"task": self.name, "n_nodes": self.n_nodes, "hops": self.hops}
@@ -104,7 +108,7 @@ class PointerChasing:
         starts = torch.randint(0, N, (n,), generator=gen) if starts is None else starts
         edges = self.vocab.edge(orders, perms.gather(1, orders))
         question = torch.cat([edges, torch.full((n, 1), self.vocab.q), starts[:, None]], 1)
-        node, chain = starts, []
+        node, chain = starts, [starts]
         for _ in range(self.hops):
             node = perms.gather(1, node[:, None])[:, 0]
             chain.append(node)
@@ -125,7 +129,7 @@ class PointerChasing:
 class GraphReachability:
     """ProsQA-like reachability: a random DAG on n nodes written as shuffled edge tokens,
     then ``<q> N_start N_x N_y``; exactly one of x, y is reachable from start, by a path of
-    ``hops`` edges. CoT = the path's nodes c_1..c_hops (c_hops is the reachable candidate);
+    ``hops`` edges. CoT = the path's nodes c_0 = start, c_1..c_hops (c_hops is the reachable candidate);
     answer = that candidate. The other candidate lies in a part of the graph with no edge
     into it from the start's side."""
 
@@ -144,7 +148,7 @@ class GraphReachability:
 
     @property
     def n_steps(self) -> int:
-        return self.hops
+        return self.hops + 1
 
     def config(self) -> dict:
         return {"task": self.name, "n_nodes": self.n_nodes, "hops": self.hops, "n_edges": self.n_edges}
@@ -168,7 +172,7 @@ class GraphReachability:
         tokens = [self.vocab.edge(*edges[i]) for i in order]
         cands = [target, distractor] if torch.rand(1, generator=gen).item() < 0.5 else [distractor, target]
         question = tokens + [self.vocab.q, path[0], cands[0], cands[1]]
-        return question, path[1:]
+        return question, path
 
     def sample(self, n: int, gen: torch.Generator) -> TaskBatch:
         qs, chains = zip(*(self._one(gen) for _ in range(n)))

@@ -1,26 +1,45 @@
 """Coconut curriculum (Hao et al. 2024, "Training Large Language Models to Reason in a
 Continuous Latent Space", sec. 3): stage 0 trains on the explicit chain of thought; stage
 k replaces the first k CoT steps by k continuous thoughts (the last hidden state fed back
-as the next input embedding) and trains the cross-entropy of the remaining tokens,
+as the next input embedding) and trains the cross-entropy of the tokens after them,
 
-    L_k = - sum_{i > k} log p(c_i | q, <bot>, h_0..h_{k-1}, <eot>, c_{k+1..i-1})
-          - log p(<ans>, a | ...),
+    sequence_k = q <bot> h_0 .. h_{k-1} c_k .. c_{K-1} <eot> <ans> a      (CoT c_0..c_{K-1})
+    L_k = - sum over the tokens y after h_{k-1} of log p(y | everything before it),
 
 with the optimizer reset at every stage and the checkpoint of each stage chosen on
-validation accuracy. The pause-token control (Goyal et al. 2024, "Think before you speak")
-runs the same curriculum but feeds a fixed learned ``<pause>`` embedding at the latent
-slots, so it has the same compute positions without the recycled content.
+validation accuracy. One deviation from the paper's layout: the remaining explicit steps
+stay inside the thought span (before ``<eot>``), so the latent at slot t sits where step c_t
+sat in stage 0 and the stage-0 circuit carries over; at the last stage (k = K) the layout is
+Coconut's ``q <bot> h_0..h_{K-1} <eot> <ans> a``, which is what `LatentRunner` reads out.
+
+The pause-token control (Goyal et al. 2024, "Think before you speak") runs the same
+curriculum but feeds a fixed learned ``<pause>`` embedding at the latent slots: the same
+compute positions without the recycled content.
 """
 from __future__ import annotations
 
 import copy
 import time
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
 
 from .model import ReasonerConfig, TinyReasoner
 from .tasks import TaskBatch
+
+
+@contextmanager
+def torch_threads(n: int | None):
+    """Run with ``n`` torch threads (None: leave as is). A d=64 model is fastest on one thread, and
+    OpenMP threads that spin on a busy machine can make it many times slower."""
+    old = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
 
 
 def _tail(reasoner: TinyReasoner, batch: TaskBatch, k: int) -> torch.Tensor:
@@ -32,8 +51,8 @@ def _tail(reasoner: TinyReasoner, batch: TaskBatch, k: int) -> torch.Tensor:
 def tail_logits(reasoner: TinyReasoner, batch: TaskBatch, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits predicting the tokens after the k latent slots: ([N, L, V], targets [N, L]).
 
-    The sequence is ``q <bot> h_0..h_{k-1} c_{k+1}..c_K <eot> <ans> a``: the latent at slot t takes the
-    place of the explicit step c_{t+1}, and the tokens after the last slot are predicted from it on.
+    The sequence is ``q <bot> h_0..h_{k-1} c_k..c_{K-1} <eot> <ans> a``: the latent at slot t takes the
+    place of the explicit step c_t, and the tokens after the last slot are predicted from it on.
     """
     v, model, N = reasoner.vocab, reasoner.model, len(batch)
     tail = _tail(reasoner, batch, k)
@@ -104,11 +123,14 @@ def train_stage(reasoner: TinyReasoner, k: int, steps: int, gen: torch.Generator
 
 def train_reasoner(config: ReasonerConfig, *, steps_per_stage, batch_size: int = 128, lr: float = 1e-3,
                    val_size: int = 512, eval_every: int = 50, init: TinyReasoner | None = None,
-                   first_stage: int = 0, progress: bool = False) -> tuple[TinyReasoner, dict]:
+                   first_stage: int = 0, progress: bool = False, threads: int | None = 1
+                   ) -> tuple[TinyReasoner, dict]:
     """Run the curriculum from ``first_stage`` to stage K (all CoT steps latent).
 
-    steps_per_stage: one int per stage ``first_stage..K`` (or a single int for all).
+    steps_per_stage: training steps for stages ``first_stage, first_stage + 1, ...`` (a list), or one int
+        for every stage up to K.
     init: continue from this reasoner's weights (e.g. the stage-0 model shared with the pause control).
+    threads: torch threads while training (restored afterwards); None keeps the current setting.
     Returns the reasoner (final stage, best validation checkpoint) and the training history.
     """
     from tqdm.auto import tqdm
@@ -117,17 +139,21 @@ def train_reasoner(config: ReasonerConfig, *, steps_per_stage, batch_size: int =
     if init is not None:
         reasoner.model.load_state_dict(init.model.state_dict())
     K = reasoner.n_steps
-    stages = list(range(first_stage, K + 1))[:len(steps_per_stage)] if not isinstance(steps_per_stage, int) else list(range(first_stage, K + 1))
-    steps = [steps_per_stage] * len(stages) if isinstance(steps_per_stage, int) else list(steps_per_stage)
-    if len(steps) != len(stages):
-        raise ValueError(f"steps_per_stage has {len(steps)} entries but stages {stages} need {len(stages)}.")
+    if isinstance(steps_per_stage, int):
+        steps_per_stage = [steps_per_stage] * (K + 1 - first_stage)
+    steps = list(steps_per_stage)
+    stages = list(range(first_stage, first_stage + len(steps)))
+    if not 0 <= first_stage <= K or stages[-1] > K:
+        raise ValueError(f"Stages {stages} (first_stage={first_stage} and {len(steps)} step counts) do not fit a "
+                         f"task with K={K} steps: stages run from 0 (explicit CoT) to K (all steps latent).")
     gen = torch.Generator().manual_seed(config.seed)
     val = reasoner.task.sample(val_size, torch.Generator().manual_seed(10_000 + config.seed))
     torch.manual_seed(config.seed)
     bar = tqdm(total=sum(steps), desc=f"{config.mode} seed {config.seed}", disable=not progress, leave=False)
     t0 = time.perf_counter()
-    history = [train_stage(reasoner, k, n, gen, val, batch_size=batch_size, lr=lr, eval_every=eval_every,
-                           progress=bar) for k, n in zip(stages, steps)]
+    with torch_threads(threads):
+        history = [train_stage(reasoner, k, n, gen, val, batch_size=batch_size, lr=lr, eval_every=eval_every,
+                               progress=bar) for k, n in zip(stages, steps)]
     bar.close()
     return reasoner, {"stages": history, "seconds": time.perf_counter() - t0, "mode": config.mode,
                       "seed": config.seed}

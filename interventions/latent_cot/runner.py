@@ -155,7 +155,12 @@ class LatentRunner:
         dev = self.embedding.weight.device
         input_ids = input_ids.to(dev)
         mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.to(dev).long()
+        if mask.shape != input_ids.shape:
+            raise ValueError(f"attention_mask has shape {tuple(mask.shape)} but input_ids has {tuple(input_ids.shape)}.")
         B = input_ids.shape[0]
+        if answer_ids is not None and answer_ids.shape[0] != B:
+            raise ValueError(f"answer_ids has {answer_ids.shape[0]} rows but the batch has {B} questions; pass one "
+                             "gold answer (a row of token ids) per question.")
         tail = [self.eot_id] + self.answer_prefix_ids
         tail_ids = torch.tensor(tail, device=dev).expand(B, -1)
         if answer_ids is not None:
@@ -166,6 +171,9 @@ class LatentRunner:
         return input_ids, mask, tail_ids, answer_ids, answer_mask
 
     def _readout(self, tail_logits, answer_ids, answer_mask):
+        if tail_logits.shape[1] == 0:   # no read-out at this step (readout="final"): NaN placeholders
+            nan = torch.full(tail_logits.shape[:1] + (self.vocab_size,), float("nan"), device=tail_logits.device)
+            return nan, None if answer_ids is None else nan[:, 0]
         P = len(self.answer_prefix_ids)
         first = tail_logits[:, P].float()
         if answer_ids is None:
@@ -174,28 +182,30 @@ class LatentRunner:
         logp = F.log_softmax(tail_logits[:, P:P + A].float(), -1).gather(-1, answer_ids[..., None])[..., 0]
         return first, (logp * answer_mask).sum(-1)
 
-    def _prefill(self, input_ids, mask, tail_ids, answer_ids, answer_mask, use_cache):
+    def _prefill(self, input_ids, mask, tail_ids, answer_ids, answer_mask, use_cache, with_tail=True):
         B, T = input_ids.shape
         bot = torch.full((B, 1), self.bot_id, device=input_ids.device)
         seq_emb = self.embedding(torch.cat([input_ids, bot], 1))
         tail_emb = self.embedding(tail_ids)
         kept_mask = torch.cat([mask, torch.ones_like(bot)], 1)
-        full_mask = torch.cat([kept_mask, torch.ones_like(tail_ids)], 1)
+        full_mask = torch.cat([kept_mask, torch.ones_like(tail_ids)], 1) if with_tail else kept_mask
         pos = (full_mask.cumsum(1) - 1).clamp(min=0)
         cache = None
         if use_cache:
             from transformers import DynamicCache
             cache = DynamicCache()
-        hidden, logits = self._forward(torch.cat([seq_emb, tail_emb], 1), full_mask, pos, cache)
+        hidden, logits = self._forward(torch.cat([seq_emb, tail_emb], 1) if with_tail else seq_emb, full_mask, pos,
+                                       cache)
         if cache is not None:
             kv.truncate(cache, T + 1)
         state = _State(cache, kept_mask, pos[:, T] + 1, tail_emb, None if use_cache else seq_emb)
         first, logp = self._readout(logits[:, T + 1:], answer_ids, answer_mask)
         return state, hidden[:, T], first, logp
 
-    def _step(self, state: _State, fed: torch.Tensor, answer_ids, answer_mask):
-        B, L = state.tail_emb.shape[:2]
-        new_emb = torch.cat([fed[:, None], state.tail_emb], 1)
+    def _step(self, state: _State, fed: torch.Tensor, answer_ids, answer_mask, with_tail=True):
+        tail_emb = state.tail_emb if with_tail else state.tail_emb[:, :0]
+        B, L = tail_emb.shape[:2]
+        new_emb = torch.cat([fed[:, None], tail_emb], 1)
         ones = torch.ones(B, L + 1, dtype=state.mask.dtype, device=state.mask.device)
         mask = torch.cat([state.mask, ones], 1)
         pos = state.next_pos[:, None] + torch.arange(L + 1, device=fed.device)
@@ -228,6 +238,12 @@ class LatentRunner:
         return out.to(h.dtype)
 
     @staticmethod
+    def check_readout(readout: str) -> bool:
+        if readout not in ("all", "final"):
+            raise ValueError(f"readout must be 'all' (after every step) or 'final' (after the last), got {readout!r}.")
+        return readout == "all"
+
+    @staticmethod
     def check_steps(steps, n_latents: int) -> list[int]:
         steps = [int(s) for s in steps]
         bad = [s for s in steps if not 0 <= s < n_latents]
@@ -240,19 +256,23 @@ class LatentRunner:
     def rollout(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *, n_latents: int,
                 answer_ids: torch.Tensor | None = None, answer_mask: torch.Tensor | None = None,
                 interventions: Mapping[int, Intervention] | None = None, exit_after: int | None = None,
-                use_cache: bool = True) -> LatentRollout:
+                use_cache: bool = True, readout: str = "all") -> LatentRollout:
         """Roll out ``n_latents`` latent steps after ``input_ids`` (the question, left-padded, without ``<bot>``).
 
         interventions: {step t: fn(h_t [B, d], StepContext) -> replacement or None}, applied before h_t is fed.
         exit_after:   stop after latent step t (read-outs up to t + 1 steps).
         use_cache:    False re-runs the whole sequence at every step (the reference for the cached loop).
+        readout:      "all" reads the answer out after every number of steps; "final" only after the last
+                      step (1-token passes in between; the other read-outs are NaN).
         """
         interventions = dict(interventions or {})
         self.check_steps(interventions, n_latents)
         n_run = n_latents if exit_after is None else self.check_steps([exit_after], n_latents)[0] + 1
         input_ids, mask, tail_ids, answer_ids, answer_mask = self._prepare(
             input_ids, attention_mask, answer_ids, answer_mask, n_latents)
-        state, hidden, first, logp = self._prefill(input_ids, mask, tail_ids, answer_ids, answer_mask, use_cache)
+        every = self.check_readout(readout)
+        state, hidden, first, logp = self._prefill(input_ids, mask, tail_ids, answer_ids, answer_mask, use_cache,
+                                                   every)
         ids = torch.arange(input_ids.shape[0], device=input_ids.device)
         fed_list, pre_list, hid_list, reads, logps = [], [], [], [first], [logp]
         for t in range(n_run):
@@ -261,7 +281,7 @@ class LatentRunner:
             hid_list.append(hidden)
             pre_list.append(h)
             fed_list.append(fed)
-            hidden, first, logp = self._step(state, fed, answer_ids, answer_mask)
+            hidden, first, logp = self._step(state, fed, answer_ids, answer_mask, every or t == n_run - 1)
             reads.append(first)
             logps.append(logp)
         return LatentRollout(torch.stack(fed_list, 1), torch.stack(pre_list, 1), torch.stack(hid_list, 1),

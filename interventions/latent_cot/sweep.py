@@ -30,16 +30,19 @@ class StepSweep:
 
 def sweep_steps(runner: LatentRunner, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
                 n_latents: int, operator, steps=None, answer_ids: torch.Tensor | None = None,
-                answer_mask: torch.Tensor | None = None, reuse_prefix: bool = True) -> StepSweep:
+                answer_mask: torch.Tensor | None = None, reuse_prefix: bool = True,
+                readout: str = "all") -> StepSweep:
     """Apply ``operator`` at each step in ``steps`` (default all 0..K-1), one rollout per step.
 
     reuse_prefix=False re-runs every intervened rollout from the start (the reference the
     benchmark compares against); both give the same numbers up to float rounding.
+    readout: "all" (answer read-out after every step, needed for the influence matrix) or "final".
     """
     steps = runner.check_steps(range(n_latents) if steps is None else steps, n_latents)
     if len(set(steps)) != len(steps):
         raise ValueError(f"steps must not repeat, got {steps}.")
-    kw = dict(n_latents=n_latents, answer_ids=answer_ids, answer_mask=answer_mask)
+    kw = dict(n_latents=n_latents, answer_ids=answer_ids, answer_mask=answer_mask, readout=readout)
+    every = runner.check_readout(readout)
     if not reuse_prefix:
         clean = runner.rollout(input_ids, attention_mask, **kw)
         return StepSweep(clean, steps, [runner.rollout(input_ids, attention_mask, interventions={t: operator}, **kw)
@@ -48,7 +51,7 @@ def sweep_steps(runner: LatentRunner, input_ids: torch.Tensor, attention_mask: t
         input_ids, attention_mask, answer_ids, answer_mask, n_latents)
     B = input_ids.shape[0]
     ids = torch.arange(B, device=input_ids.device)
-    state, hidden, first, logp = runner._prefill(input_ids, mask, tail_ids, answer_ids, answer_mask, True)
+    state, hidden, first, logp = runner._prefill(input_ids, mask, tail_ids, answer_ids, answer_mask, True, every)
     groups: list[int] = []             # group g (rows B*(g+1)..) = intervention at step groups[g]
     fed_hist, pre_hist, hid_hist, read_hist, logp_hist = [], [], [], [first], [logp]
     for t in range(n_latents):
@@ -69,7 +72,7 @@ def sweep_steps(runner: LatentRunner, input_ids: torch.Tensor, attention_mask: t
         fed_hist.append(fed)
         pre_hist.append(h)
         hid_hist.append(hidden)
-        hidden, first, logp = runner._step(state, fed, a_ids, a_mask)
+        hidden, first, logp = runner._step(state, fed, a_ids, a_mask, every or t == n_latents - 1)
         read_hist.append(first)
         logp_hist.append(logp)
 

@@ -1,0 +1,122 @@
+"""Step-wise causal metrics of a latent chain of thought, after Li et al. 2026 ("Dynamics
+Within Latent Chain-of-Thought: An Empirical Study of Causal Structure").
+
+With clean read-out distribution p_n and intervened q_n after n latent steps (n = K is the
+model's answer), gold answer y and do(h_t := x):
+
+    necessity(t):  dAcc = Acc(q_K) - Acc(p_K); flips c->w and w->c (share of all examples);
+                   dlogp = E[log q_K(y) - log p_K(y)]  (teacher-forced); KL = E[KL(p_K || q_K)]
+    influence(i, j), j > i:  KL(p_{j+1} || q_{j+1}) (read-out after step j) and |h'_j - h_j| / r
+                   locality = sum_i I(i, i+1) / sum_{i<j} I(i, j);  span = sum I(i, j)(j - i) / sum I(i, j)
+    decidability:  Acc(p_n) for n = 0..K, logit-lens accuracy of h_t against the explicit step c_t it replaces,
+                   and per example the earliest n from which the read-out stays correct.
+    answer modes:  for questions whose sampled answers have two frequent values A, B:
+                   output commitment  o_n = softmax(log p_n(A), log p_n(B))_A,
+                   representational   r_t = cos(h_t, mu_A) - cos(h_t, mu_B), mu = mean final latent
+                   of the examples answered A (resp. B); commit step = first step from which the
+                   curve stays on A's side (o > 0.5, r > 0).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from interventions.latent_cot import LatentRollout, StepSweep
+
+
+def _kl(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:
+    lp, lq = F.log_softmax(p_logits.float(), -1), F.log_softmax(q_logits.float(), -1)
+    return (lp.exp() * (lp - lq)).sum(-1).clamp_min(0.0)   # float error can dip below 0
+
+
+def necessity(clean: LatentRollout, intervened: LatentRollout, gold: torch.Tensor) -> dict:
+    K = clean.n_latents
+    c_ok = clean.readout_logits[:, K].argmax(-1) == gold
+    i_ok = intervened.readout_logits[:, K].argmax(-1) == gold
+    out = {"acc_clean": c_ok.float().mean().item(), "acc": i_ok.float().mean().item(),
+           "flip_to_wrong": (c_ok & ~i_ok).float().mean().item(),
+           "flip_to_right": (~c_ok & i_ok).float().mean().item(),
+           "kl": _kl(clean.readout_logits[:, K], intervened.readout_logits[:, K]).mean().item()}
+    out["d_acc"] = out["acc"] - out["acc_clean"]
+    if clean.answer_logp is not None:
+        out["d_logp"] = (intervened.answer_logp[:, K] - clean.answer_logp[:, K]).mean().item()
+    return out
+
+
+def influence_matrix(sweep: StepSweep, mean_norm: float) -> dict:
+    """[K, K] matrices (rows: intervened step i, columns: measured step j; NaN for j <= i)."""
+    K = sweep.clean.n_latents
+    kl = torch.full((K, K), float("nan"))
+    dist = torch.full((K, K), float("nan"))
+    for i, roll in sweep.by_step().items():
+        for j in range(i + 1, K):
+            kl[i, j] = _kl(sweep.clean.readout_logits[:, j + 1], roll.readout_logits[:, j + 1]).mean()
+            dist[i, j] = (roll.latents[:, j] - sweep.clean.latents[:, j]).float().norm(dim=-1).mean() / mean_norm
+    return {"kl": kl, "distance": dist, "kl_summary": _locality(kl), "distance_summary": _locality(dist)}
+
+
+def _locality(m: torch.Tensor) -> dict:
+    K = m.shape[0]
+    i, j = torch.triu_indices(K, K, 1)
+    w = m[i, j].nan_to_num(0.0).clamp_min(0)
+    total = float(w.sum())
+    if K < 2 or total == 0:
+        return {"locality": float("nan"), "span": float("nan")}
+    return {"locality": float(w[(j - i) == 1].sum()) / total, "span": float((w * (j - i)).sum()) / total}
+
+
+def decidability(clean: LatentRollout, gold: torch.Tensor, chain: torch.Tensor, lens_logits: torch.Tensor) -> dict:
+    """``chain`` [N, K]: the explicit steps c_0..c_{K-1}; ``lens_logits`` [N, K, V]: logit lens of h_0..h_{K-1}."""
+    ok = clean.readout_logits.argmax(-1) == gold[:, None]                       # [N, K+1]
+    stays = torch.flip(torch.cumprod(torch.flip(ok, [1]).int(), 1), [1]).bool()  # correct from n on
+    earliest = torch.where(stays.any(1), stays.int().argmax(1), torch.full_like(gold, -1))
+    K = clean.n_latents
+    hist = [(earliest == n).float().mean().item() for n in range(K + 1)]
+    return {"acc_after_n_steps": ok.float().mean(0).tolist(),
+            "logit_lens_acc": (lens_logits.argmax(-1) == chain).float().mean(0).tolist(),
+            "earliest_correct_hist": hist, "never_correct": (earliest == -1).float().mean().item()}
+
+
+def answer_modes(clean: LatentRollout, *, n_samples: int = 64, min_share: float = 0.15, max_questions: int = 16,
+                 seed: int = 0) -> dict:
+    """Commitment curves on questions where sampling the answer gives two frequent values.
+
+    If no question reaches ``min_share`` for its second answer, the questions with the
+    largest second share are used and ``relaxed`` is True (a confident model is rarely bimodal).
+    """
+    K = clean.n_latents
+    probs = F.softmax(clean.readout_logits[:, K].float(), -1)
+    gen = torch.Generator().manual_seed(seed)
+    draws = torch.multinomial(probs, n_samples, replacement=True, generator=gen)
+    counts = F.one_hot(draws, probs.shape[-1]).sum(1).float() / n_samples
+    top = counts.topk(2, -1)
+    second = top.values[:, 1]
+    chosen = (second >= min_share).nonzero()[:, 0]
+    relaxed = len(chosen) == 0
+    if relaxed:
+        chosen = second.argsort(descending=True)[:max_questions]
+    chosen = chosen[:max_questions]
+    final = clean.readout_logits[:, K].argmax(-1)
+    last = clean.latents[:, K - 1].float()
+    out_curves, rep_curves = [], []
+    for q in chosen.tolist():
+        a, b = top.indices[q].tolist()
+        logp = F.log_softmax(clean.readout_logits[q].float(), -1)              # [K+1, V]
+        out_curves.append(torch.softmax(torch.stack([logp[:, a], logp[:, b]], -1), -1)[:, 0])
+        mu = [last[final == x].mean(0) if (final == x).any() else None for x in (a, b)]
+        if mu[0] is None or mu[1] is None:
+            continue
+        h = clean.latents[q].float()
+        rep_curves.append(F.cosine_similarity(h, mu[0][None], -1) - F.cosine_similarity(h, mu[1][None], -1))
+
+    def commit(curves, thresh):
+        if not curves:
+            return []
+        c = torch.stack(curves) > thresh
+        stays = torch.flip(torch.cumprod(torch.flip(c, [1]).int(), 1), [1]).bool()
+        return torch.where(stays.any(1), stays.int().argmax(1), torch.full((len(c),), -1)).tolist()
+
+    return {"n_questions": len(chosen), "relaxed": relaxed, "second_share": second[chosen].tolist(),
+            "output_commitment": torch.stack(out_curves).mean(0).tolist() if out_curves else [],
+            "representational_commitment": torch.stack(rep_curves).mean(0).tolist() if rep_curves else [],
+            "output_commit_step": commit(out_curves, 0.5), "representational_commit_step": commit(rep_curves, 0.0)}
