@@ -7,6 +7,7 @@ best-of-``repeats`` (the least noisy estimate on a shared machine):
 * unsteered ``model.generate_ids``
 * steering on 1 layer  (``resid_post.{L/2}``)
 * steering on 3 layers (``resid_post.{L/2 - 2, L/2, L/2 + 2}``)
+* a no-op hook at ``resid_post.{L/2}`` (the cost of the hook plumbing in ``hooked``)
 
 Target: steered tokens/s >= 0.95 x unsteered. The vectors are random with the norm
 of a typical sentiment vector (throughput does not depend on their content).
@@ -51,7 +52,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--backend", default="tl", choices=["tl", "nnsight"])
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--new", type=int, default=32, help="new tokens per prompt")
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--norm", type=float, default=10.0, help="norm of each random steering vector")
     ap.add_argument("--tiny", action="store_true", help="tiny random llama (smoke run)")
     args = ap.parse_args(argv)
@@ -79,7 +80,16 @@ def main(argv=None) -> dict:
         with vec.apply(model, multiplier=1.0, positions="all"):
             return model.generate_ids(prompts, **kw)
 
-    fns = {"unsteered": lambda: run(), "steer_1_layer": lambda: run(one), "steer_3_layers": lambda: run(three)}
+    def run_noop():  # the hook plumbing alone: a hook that returns None at the same site
+        with model.hooks({f"resid_post.{mid}": lambda act, ctx: None}):
+            return model.generate_ids(prompts, **kw)
+
+    fns = {
+        "unsteered": lambda: run(),
+        "noop_hook_1_layer": run_noop,
+        "steer_1_layer": lambda: run(one),
+        "steer_3_layers": lambda: run(three),
+    }
     secs = timed_all(fns, args.repeats)
     n_tok = args.batch * args.new
     out = {
@@ -91,6 +101,7 @@ def main(argv=None) -> dict:
         "tokens_per_s": {k: n_tok / v for k, v in secs.items()},
         "ratio_1_layer": secs["unsteered"] / secs["steer_1_layer"],
         "ratio_3_layers": secs["unsteered"] / secs["steer_3_layers"],
+        "ratio_noop_hook": secs["unsteered"] / secs["noop_hook_1_layer"],
         "target": 0.95,
     }
     for k, v in out["tokens_per_s"].items():

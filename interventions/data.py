@@ -64,6 +64,14 @@ NEUTRAL_PROMPTS = [
     "When I opened the letter, I",
     "The meeting this morning was",
     "Let me tell you about my weekend.",
+    "This morning, on the way to school,",
+    "The email from my manager said",
+    "After dinner we decided to",
+    "Our new neighbours are",
+    "The book I am reading right now is",
+    "When the train finally arrived,",
+    "My brother called me last night and",
+    "The city where I live is",
 ]
 
 POSITIVE_WORDS = frozenset(

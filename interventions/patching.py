@@ -152,6 +152,30 @@ def run_patched(model, corrupted: Sequence[str], clean_run: CleanRun, patches: d
         return model.forward(enc["input_ids"], enc["attention_mask"])
 
 
+@torch.no_grad()
+def _patch_columns(model, enc, site: str, clean_act: torch.Tensor, cols: list, metric) -> list[float]:
+    """One forward over ``len(cols)`` copies of the corrupted batch, copy ``j`` patched at column ``cols[j]``."""
+    n, k = enc["input_ids"].shape[0], len(cols)
+    ids, mask = enc["input_ids"].repeat(k, 1), enc["attention_mask"].repeat(k, 1)
+    clean = clean_act.repeat(k, *([1] * (clean_act.dim() - 1)))
+    col_of_row = torch.tensor([-2 if c == "all" else c for c in cols]).repeat_interleave(n)
+
+    def fn(act, ctx):
+        if clean.shape != act.shape:
+            raise ValueError(
+                f"Clean activation at {ctx.site} has shape {tuple(clean_act.shape)} per copy but the corrupted run "
+                f"has {tuple(act.shape)}; the two runs must tokenize to the same layout."
+            )
+        want = col_of_row.to(ctx.positions.device)[:, None]
+        sel = (ctx.positions >= 0) & ((want == -2) | (ctx.positions == want))
+        sel = sel.to(act.device).reshape(*sel.shape, *([1] * (act.dim() - 2)))
+        return torch.where(sel, clean.to(device=act.device, dtype=act.dtype), act)
+
+    with model.hooks({site: fn}):
+        logits = model.forward(ids, mask)
+    return [float(metric(logits[j * n : (j + 1) * n])) for j in range(k)]
+
+
 def fraction_recovered(patched: float, clean: float, corrupted: float) -> float:
     """``(patched - corrupted) / (clean - corrupted)``."""
     return (patched - corrupted) / (clean - corrupted)
@@ -167,6 +191,7 @@ def activation_patching(
     answers=None,
     metric: Callable[[torch.Tensor], float] | None = None,
     source_model=None,
+    max_batch: int = 32,
     progress=None,
 ) -> PatchingResult:
     """Patch each site x position from the clean run (of ``source_model``, default ``model``) into ``model``'s corrupted run.
@@ -174,7 +199,8 @@ def activation_patching(
     ``positions``: ``"each"`` (one column per real-token index), ``"all"`` (one column,
     every position at once), or a list of real-token indices (one column each).
     ``answers=(clean_answer, corrupted_answer)`` sets the default logit-difference
-    metric; or pass ``metric(logits) -> float``.
+    metric; or pass ``metric(logits) -> float``. Several columns of one site run as
+    one forward of up to ``max_batch`` rows (the corrupted batch repeated per column).
     """
     from hooked import sites as _sites
     from tqdm.auto import tqdm
@@ -217,11 +243,14 @@ def activation_patching(
     patched = torch.zeros(len(names), len(cols))
     total = len(names) * len(cols)
     bar = tqdm(total=total, desc="patching", disable=not progress)
+    enc = model.tokenize(corrupted)
+    per = max(1, max_batch // len(corrupted))  # columns per forward
     for i, site in enumerate(names):
-        for j, col in enumerate(cols):
-            pos = "all" if col == "all" else [col]
-            patched[i, j] = float(metric(run_patched(model, corrupted, clean_run, {site: pos})))
-            bar.update(1)
+        for lo in range(0, len(cols), per):
+            chunk = cols[lo : lo + per]
+            vals = _patch_columns(model, enc, site, clean_run.acts[site], chunk, metric)
+            patched[i, lo : lo + len(chunk)] = torch.tensor(vals)
+            bar.update(len(chunk))
     bar.close()
     tokens = None
     if hasattr(model, "to_str_tokens"):

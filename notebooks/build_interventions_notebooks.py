@@ -100,9 +100,9 @@ PATCHING = [
         "print(f'clean {m_clean:.2f}  corrupted {m_corrupt:.2f}  patched {m_patched:.2f}  '\n"
         "      f'recovered {iv.fraction_recovered(m_patched, m_clean, m_corrupt):.2f}')"
     ),
-    new_markdown_cell("## Every site x position\nEvery other layer's residual stream, each position."),
+    new_markdown_cell("## Every site x position\nEvery layer's residual stream, each position (the positions of one site run as one batched forward)."),
     new_code_cell(
-        "res = iv.activation_patching(model, clean, corrupted, sites=[f'resid_post.{l}' for l in range(0, model.n_layers, 2)],\n"
+        "res = iv.activation_patching(model, clean, corrupted, sites='resid_post.*',\n"
         "                             positions='each', answers=(' Paris', ' Rome'))\n"
         "print('clean', round(res.clean_metric, 2), 'corrupted', round(res.corrupted_metric, 2))\n"
         "fig = res.plot(title='Eiffel Tower -> Colosseum: fraction of logit diff recovered')\nfig"

@@ -58,6 +58,9 @@ def test_each_position_sweep(model, tmp_path):
     # so patching them changes nothing, and at the last layer only the last position matters (causal model).
     assert torch.allclose(res.recovered[:, :-1], torch.zeros(model.n_layers, n - 1), atol=1e-5)
     assert res.recovered[-1, -1] == pytest.approx(1.0, abs=1e-4)
+    # columns batched into one forward == one forward per column
+    one_by_one = iv.activation_patching(model, CLEAN, CORRUPT, "resid_post.*", positions="each", answers=(good, bad), max_batch=1)
+    assert torch.allclose(one_by_one.recovered, res.recovered, atol=1e-4)
     fig = res.plot()
     fig.savefig(tmp_path / "patch.png")
     assert (tmp_path / "patch.png").stat().st_size > 1000
