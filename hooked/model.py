@@ -353,10 +353,11 @@ class HookedModel:
             if stop_at_eos and eos is not None:
                 nxt = torch.where(done, torch.full_like(nxt, self.tokenizer.pad_token_id), nxt)
             new.append(nxt)
+            real = (~done).long()[:, None]  # a finished row's filler tokens are padding: masked, never hooked
             if stop_at_eos and eos is not None:
                 done = done | (nxt == eos)
             ids = torch.cat([ids, nxt[:, None]], 1)
-            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
+            mask = torch.cat([mask, real], 1)
             step_input = nxt[:, None]
             if stop_at_eos and bool(done.all()):
                 break

@@ -8,9 +8,12 @@ that works as a context manager and with ``.remove()``, on both backends:
 ...     model.generate(["The weather today"], max_new_tokens=20)
 >>> res = interventions.activation_patching(model, clean, corrupted, "resid_post.*", answers=(" Paris", " Rome"))
 >>> with interventions.ablate_direction(model, direction): ...
+
+Latent chain-of-thought do-interventions live in :mod:`interventions.latent_cot`
+(``LatentRunner``, step operators, ``sweep_steps``).
 """
 
-from . import data, operators
+from . import data, latent_cot, operators
 from .ablation import ablate_direction, ablation_sites, orthogonalize_weights
 from .evaluate import (
     GenerationSweep,
@@ -50,6 +53,7 @@ __all__ = [
     "activation_patching",
     "anti_steerable_fraction",
     "data",
+    "latent_cot",
     "extract",
     "fraction_recovered",
     "from_direction",

@@ -66,14 +66,12 @@ def check_writable_site(model, site: str) -> str:
             f"Site {name!r} holds no per-token vector that can be steered; steerable kinds are "
             f"{', '.join(STEERABLE_KINDS)}."
         )
-    if getattr(model, "backend", "tl") == "nnsight":
-        ref = _sites.nnsight_ref(model.arch, s)
-        if not ref.writable:
-            raise ValueError(
-                f"Site {name!r} cannot be written with the nnsight backend (a write there would not reach the "
-                f"residual stream); use backend='tl', or steer a neighbouring writable site such as "
-                f"'resid_post.{s.layer}' or 'attn_out.{s.layer}'."
-            )
+    if not model.writable(name):
+        raise ValueError(
+            f"Site {name!r} cannot be written with the {model.backend} backend (a write there would not reach the "
+            f"residual stream); use backend='tl', or steer a neighbouring writable site such as "
+            f"'resid_post.{s.layer}' or 'attn_out.{s.layer}'."
+        )
     return name
 
 

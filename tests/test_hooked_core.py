@@ -250,3 +250,23 @@ def test_bos_handling_is_explicit_and_identical_on_both_backends():
     a = tl.capture(["a b"], "resid_post.0", positions="all", prepend_bos=True)
     b = nn.capture(["a b"], "resid_post.0", positions="all", prepend_bos=True)
     assert len(a) == 3 and torch.allclose(a["resid_post.0"], b["resid_post.0"], atol=FP32_ATOL)
+
+
+def test_tokens_after_eos_are_padding_and_never_hooked(model):
+    eos = model.tokenizer.eos_token_id
+    seen = []
+
+    def force_eos_row0(act, ctx):
+        if ctx.step == 1:
+            act = act.clone()
+            act[0, -1, eos] = 1e4
+        return act
+
+    def record(act, ctx):
+        seen.append(ctx.positions[:, -1].clone())
+
+    with model.hooks({"logits": force_eos_row0, "resid_post.0": record}):
+        rows = model.generate_ids(["one two", "three four"], max_new_tokens=4)
+    assert rows[0][-1] == eos and len(rows[0]) == 2 and len(rows[1]) == 4
+    # step 2 feeds row 0's EOS (a real token), step 3 its filler (padding: position -1)
+    assert seen[2][0] >= 0 and seen[3][0] == -1 and seen[3][1] >= 0
