@@ -105,7 +105,7 @@ def stage_steering(ctx):
     import interventions as iv
 
     m = ctx.model
-    layer = m.n_layers // 2
+    layer = round(0.3 * m.n_layers)  # 9 of 30 on SmolLM2: where generated sentiment moved monotonically
     site = f"resid_post.{layer}"
     pairs = iv.data.sentiment_pairs()
     vec = iv.extract(m, pairs, site, method="mean_diff")
@@ -113,7 +113,7 @@ def stage_steering(ctx):
     prompts = ["I think the movie was", "My day at work was", "The food at the restaurant was"]
     if not ctx.quick:
         prompts += ["The weather this weekend will be", "Reading the review, I felt"]
-    mults = [-8.0, -4.0, 0.0, 4.0, 8.0] if not ctx.quick else [-6.0, 0.0, 6.0]
+    mults = [-8.0, -4.0, 0.0, 4.0, 8.0] if not ctx.quick else [-8.0, 0.0, 8.0]
     ls = iv.multiplier_sweep(m, vec, prompts, positive=" good", negative=" bad", multipliers=mults)
     gs = iv.generation_sweep(m, vec, prompts, multipliers=mults, max_new_tokens=12 if ctx.quick else 20)
     neutral = ["The train departs at", "Water is made of", "The number after seven is"]

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -24,23 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 warnings.filterwarnings("ignore")
 
 import hooked  # noqa: E402
+from _timing import timed_all  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 PROMPT = "The quick brown fox jumps over the lazy dog while the scientists measure activations in every layer"
-
-
-def timed_all(fns: dict, repeats: int) -> dict:
-    """Best-of-``repeats`` seconds per function, the functions interleaved round-robin so that
-    load from other processes hits every contender alike (min is the least noisy estimator of
-    the true cost on a shared machine)."""
-    for fn in fns.values():
-        fn()  # warm-up
-    ts = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, fn in fns.items():
-            t = time.perf_counter()
-            fn()
-            ts[k].append(time.perf_counter() - t)
-    return {k: min(v) for k, v in ts.items()}
 
 
 def main() -> None:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -30,20 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 warnings.filterwarnings("ignore")
 
 import hooked  # noqa: E402
+from _timing import timed_all  # noqa: E402  (bench/ is on sys.path when run as a script)
 import interventions as iv  # noqa: E402
-
-
-def timed_all(fns: dict, repeats: int) -> dict:
-    """Best-of-``repeats`` seconds per function, interleaved round-robin after one warm-up each."""
-    for fn in fns.values():
-        fn()
-    ts = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, fn in fns.items():
-            t = time.perf_counter()
-            fn()
-            ts[k].append(time.perf_counter() - t)
-    return {k: min(v) for k, v in ts.items()}
 
 
 def main(argv=None) -> dict:
