@@ -111,12 +111,13 @@ def add_subcommands(sub, common, load, write_json, CLIError) -> None:
         import interventions as iv
 
         model = load(args)
-        res = iv.activation_patching(model, args.clean, args.corrupted, args.sites, answers=(args.answer, args.wrong))
+        res = iv.activation_patching(model, args.clean, args.corrupted, args.sites, answers=(args.answer, args.wrong),
+                                     progress=True)
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        iv.plot_patching(res, out / "patching.png")
-        write_json(out / "patching.json", res.to_dict() if hasattr(res, "to_dict") else {"recovered": res.recovered.tolist()})
-        print(f"patched {len(res.sites)} sites -> {out}")
+        res.plot().savefig(out / "patching.png", dpi=110)
+        write_json(out / "patching.json", res.to_dict())
+        print(f"patched {len(res.sites)} sites x {len(res.positions)} positions -> {out}")
         return 0
 
     p = sub.add_parser("patch", help="activation patching: clean vs corrupted, per site x position")
@@ -125,7 +126,7 @@ def add_subcommands(sub, common, load, write_json, CLIError) -> None:
     p.add_argument("--corrupted", nargs="+", default=["The Colosseum is in the city of"])
     p.add_argument("--answer", default=" Paris")
     p.add_argument("--wrong", default=" Rome")
-    p.add_argument("--sites", default="resid_post.*")
+    p.add_argument("--sites", nargs="+", default=["resid_post.*"], help="site names or patterns (default: resid_post.*)")
     p.set_defaults(func=cmd_patch)
 
     # ------------------------------------------------------------ latent-cot

@@ -95,3 +95,16 @@ def test_dpo_shift_refuses_mismatched_models(tiny_dir, tmp_path, capsys):
     tok.save_pretrained(g_dir)
     rc = main(["dpo-shift", "--reference", str(tiny_dir), "--policy", str(g_dir), "--out", str(tmp_path / "x")])
     assert rc == 2 and "Traceback" not in capsys.readouterr().err
+
+
+def test_patch_writes_heatmap_and_numbers(tiny_dir, tmp_path):
+    out = tmp_path / "patch"
+    assert main(["patch", "--model", str(tiny_dir), "--clean", "The tower is in the city of",
+                 "--corrupted", "The arena is in the city of", "--sites", "resid_post.2", "resid_post.0",
+                 "--out", str(out)]) == 0
+    data = json.loads((out / "patching.json").read_text())
+    assert data["sites"] == ["resid_post.0", "resid_post.2"]
+    last = data["recovered"][1]
+    # the last layer at every position carries the whole clean run: the position that differs recovers 100 %
+    assert max(last) == pytest.approx(1.0, abs=1e-4)
+    assert (out / "patching.png").stat().st_size > 1000
