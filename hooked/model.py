@@ -175,7 +175,7 @@ class HookedModel:
 
     # ------------------------------------------------------------------ forward
     def _run(self, input_ids, attention_mask, saves: Sequence[str] = (), stop_early: bool = False,
-             past_key_values=None, prompt_lengths=None, step: int = 0, extra_hooks: dict | None = None):
+             past_key_values=None, prompt_lengths=None, step: int = 0):
         """One backend forward. ``attention_mask`` covers the whole sequence so far."""
         t_call = input_ids.shape[1]
         mask = attention_mask
@@ -185,9 +185,6 @@ class HookedModel:
         if prompt_lengths is None:
             prompt_lengths = mask.sum(1)
         hooks = {k: list(v) for k, v in self._hooks.items()}
-        for k, v in (extra_hooks or {}).items():
-            for name in self.sites(k):
-                hooks.setdefault(name, []).extend(v if isinstance(v, list) else [v])
         wanted = set(saves) | set(hooks)
         plan = [PlanItem(S.parse(n), hooks.get(n, []), n in saves) for n in S.expand(self, list(wanted))] if wanted else []
         stop_after = None
@@ -265,6 +262,9 @@ class HookedModel:
         n_batches = (len(prompts) + batch_size - 1) // batch_size
         show = progress if progress is not None else n_batches > 8
         meta = {"model": self.name, "arch": self.arch, "backend": self.backend, "dtype": str(self.dtype)}
+        if out_dir is not None and any(n.startswith("attn.pattern") for n in names):
+            raise ValueError("Streaming attn.pattern to disk is not supported (its key axis is ragged); "
+                             "capture it in memory (no out_dir), or stream the other sites.")
         writer = ShardWriter(out_dir, prompts, positions, shard_rows, meta) if out_dir is not None else None
         parts: dict[str, list] = {n: [] for n in names}
         index_parts: list = []
@@ -286,8 +286,6 @@ class HookedModel:
                     rows = rows.to("cpu", dtype or rows.dtype).clone()
                     out[n] = rows
                 if writer is not None:
-                    if any(n.startswith("attn.pattern") for n in names):
-                        raise ValueError("Streaming attn.pattern to disk is not supported (ragged key axis); capture it in memory.")
                     if index is not None:
                         out["__index__"] = index
                     writer.add(out)
