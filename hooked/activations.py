@@ -16,18 +16,10 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from . import sites as _sites
+from .version import library_version
 
 _META = "activations.json"
 _INDEX_KEY = "__index__"
-
-
-def _version() -> str:
-    try:
-        from importlib.metadata import version
-
-        return version("policylens")
-    except Exception:  # not installed (running from a checkout)
-        return "0+local"
 
 
 @dataclass
@@ -84,7 +76,7 @@ class ActivationSet:
     def _meta_json(self, shards: list[str]) -> dict:
         return {
             "format": "policylens.ActivationSet/1",
-            "library_version": _version(),
+            "library_version": library_version(),
             "sites": self.sites,
             "prompts": self.prompts,
             "positions": self.positions if isinstance(self.positions, (str, int, list)) else "mask",

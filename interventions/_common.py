@@ -1,10 +1,6 @@
-"""Helpers shared by the intervention modules: site checks, token ids, versions."""
+"""Helpers shared by the intervention modules: site checks and token ids."""
 
 from __future__ import annotations
-
-import functools
-import re
-from pathlib import Path
 
 import torch
 
@@ -22,22 +18,6 @@ STEERABLE_KINDS = (
     "resid_post",
     "final_norm",
 )
-
-
-@functools.lru_cache(maxsize=1)
-def library_version() -> str:
-    """The policylens version (installed metadata, else the repository's pyproject.toml)."""
-    try:
-        from importlib.metadata import version
-
-        return version("policylens")
-    except Exception:
-        pyproject = Path(__file__).resolve().parent.parent / "pyproject.toml"
-        if pyproject.exists():
-            m = re.search(r'^version\s*=\s*"([^"]+)"', pyproject.read_text(), re.M)
-            if m:
-                return m.group(1)
-        return "unknown"
 
 
 def site_shape(model, site: str) -> tuple[int, ...]:

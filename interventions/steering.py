@@ -23,8 +23,10 @@ from typing import Mapping
 import torch
 from safetensors.torch import load_file, save_file
 
+from hooked.version import library_version
+
 from . import operators as ops
-from ._common import check_writable_site, library_version, site_shape
+from ._common import check_writable_site, site_shape
 
 _WEIGHTS = "steering.safetensors"
 _META = "steering.json"

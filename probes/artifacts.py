@@ -14,19 +14,13 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from hooked.version import library_version
+
 from .linear import LinearProbe
 
 FORMAT = "policylens.probe/1"
 _TENSORS = "probe.safetensors"
 _META = "probe.json"
-
-
-def _version() -> str:
-    try:
-        from importlib.metadata import version
-        return version("policylens")
-    except Exception:
-        return "0+local"
 
 
 def _layer_of(site):
@@ -54,7 +48,7 @@ def save_probe(probe: LinearProbe, path, *, model=None, site: str | None = None,
     model_name = model if isinstance(model, str) or model is None else getattr(model, "name", None)
     meta = {
         "format": FORMAT,
-        "library_version": _version(),
+        "library_version": library_version(),
         "model": model_name,
         "site": site,
         "layer": _layer_of(site),
