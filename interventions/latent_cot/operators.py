@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..operators import ablate
 from .runner import StepContext
 
 
@@ -177,8 +178,7 @@ class ProjectOut(LatentOperator):
     def __call__(self, h, ctx):
         _check_width(self.direction, h, "direction")
         v = self.direction if self.direction.dim() == 1 else self.direction[ctx.step]
-        u = (v / v.norm().clamp_min(1e-12)).to(h)
-        return h - (h @ u)[:, None] * u
+        return ablate(h, v)  # the same projection as the steering operator (a zero direction is an error)
 
 
 OPERATORS = {"identity": Identity, "zero": Zero, "mean": GlobalMean, "step_mean": StepMean,
