@@ -1,13 +1,32 @@
-"""Matplotlib (Agg) figures for probe sweeps, position heatmaps, lenses and knowledge entropy."""
+"""Figures for probe sweeps, position heatmaps, lenses and knowledge entropy.
+
+Figures are built with matplotlib's object-oriented API and never touch pyplot, so
+importing or calling this module leaves the caller's backend as it was: PNGs are
+written headless, and a returned figure shows inline in Jupyter.
+"""
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+
+class InlineFigure(Figure):
+    """A :class:`~matplotlib.figure.Figure` that Jupyter shows as a PNG even when pyplot
+    was never imported (IPython registers its figure formatter only once pyplot is used)."""
+
+    def _repr_png_(self) -> bytes:
+        buf = io.BytesIO()
+        self.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+        return buf.getvalue()
+
+
+def new_figure(nrows: int = 1, ncols: int = 1, figsize=(6.4, 4.8), squeeze: bool = True):
+    """``(figure, axes)`` as pyplot's ``subplots`` gives them, without pyplot and its global state."""
+    fig = InlineFigure(figsize=figsize)
+    return fig, fig.subplots(nrows, ncols, squeeze=squeeze)
 
 
 def _save(fig, path):
@@ -24,7 +43,7 @@ def plot_depth(sweeps, path=None, title="Concept depth"):
         sweeps = {s.params.get("dataset") or f"sweep {i}": s for i, s in enumerate(sweeps)}
     if not sweeps:
         raise ValueError("plot_depth needs at least one SweepResult.")
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    fig, ax = new_figure(figsize=(7, 4.2))
     for name, s in sweeps.items():
         x = np.asarray(s.relative_depth)
         line, = ax.plot(x, s.acc_mean, label=name, lw=1.8)
@@ -48,7 +67,7 @@ def plot_depth(sweeps, path=None, title="Concept depth"):
 
 def plot_position_heatmap(ps, path=None, title="Probe accuracy by layer and position"):
     """Heatmap of a :class:`~probes.sweep.PositionSweep` (layers x token offsets)."""
-    fig, ax = plt.subplots(figsize=(1.2 + 0.6 * len(ps.positions), 0.5 + 0.18 * len(ps.sites)))
+    fig, ax = new_figure(figsize=(1.2 + 0.6 * len(ps.positions), 0.5 + 0.18 * len(ps.sites)))
     im = ax.imshow(ps.acc_mean, aspect="auto", origin="lower", cmap="viridis", vmin=0.5, vmax=1.0)
     ax.set_xticks(range(len(ps.positions)), [str(p) for p in ps.positions])
     ax.set_xlabel("token offset from the last real token")
@@ -60,7 +79,7 @@ def plot_position_heatmap(ps, path=None, title="Probe accuracy by layer and posi
 
 def plot_lens(results: dict, path=None):
     """Entropy and KL-to-final per layer for {label: LensResult}."""
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+    fig, axes = new_figure(1, 2, figsize=(9, 3.5))
     for name, r in results.items():
         x = np.arange(len(r.entropy))
         axes[0].plot(x, r.entropy.numpy(), label=name)
@@ -76,7 +95,7 @@ def plot_lens(results: dict, path=None):
 def plot_knowledge_entropy(steps, totals, per_layer=None, path=None, title="Knowledge entropy"):
     """Total knowledge entropy across checkpoints (and per layer when ``per_layer [C, L]`` is given)."""
     n = 2 if per_layer is not None else 1
-    fig, axes = plt.subplots(1, n, figsize=(4.5 * n, 3.5), squeeze=False)
+    fig, axes = new_figure(1, n, figsize=(4.5 * n, 3.5), squeeze=False)
     axes[0, 0].plot(steps, totals, "o-")
     axes[0, 0].set(xlabel="training step", ylabel="knowledge entropy (nats, summed)", title=title)
     axes[0, 0].grid(alpha=0.3)

@@ -1,18 +1,14 @@
-"""PNG plots of a DPO shift report (matplotlib, Agg backend)."""
+"""PNG plots of a DPO shift report (matplotlib's object-oriented API; the caller's backend is left alone)."""
 from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+from probes.plots import new_figure
 
 
 def _save(fig, out: Path, name: str) -> str:
     fig.tight_layout()
     fig.savefig(out / name, dpi=110)
-    plt.close(fig)
     return name
 
 
@@ -21,7 +17,7 @@ def write_plots(r: dict, out: Path) -> list[str]:
     out = Path(out)
     names = []
     d = r["displacement"]
-    fig, ax = plt.subplots(figsize=(5, 3.2))
+    fig, ax = new_figure(figsize=(5, 3.2))
     x = range(len(d["labels"]))
     ax.plot(x, d["chosen"], "o-", label="chosen")
     ax.plot(x, d["rejected"], "s-", label="rejected")
@@ -34,7 +30,7 @@ def write_plots(r: dict, out: Path) -> list[str]:
 
     it = r["internals"]
     L = list(range(r["n_layers"]))
-    fig, axs = plt.subplots(2, 3, figsize=(12, 6))
+    fig, axs = new_figure(2, 3, figsize=(12, 6))
     axs[0, 0].plot(L, it["representation"]["cka"], label="linear CKA")
     axs[0, 0].plot(L, it["representation"]["cosine"], label="cosine")
     axs[0, 0].set_title("policy vs reference activations")
@@ -65,7 +61,7 @@ def write_plots(r: dict, out: Path) -> list[str]:
     names.append(_save(fig, out, "layers.png"))
 
     loc = r["localisation"]
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, ax = new_figure(figsize=(6, 3.5))
     ax.plot(loc["layers"], loc["patch_policy_into_reference"], "o-", label="patch π→ref (recovered)")
     ax.plot(loc["layers"], loc["patch_reference_into_policy"], "s-", label="patch ref→π (removed)")
     if "steering_recovered" in loc:
@@ -80,7 +76,7 @@ def write_plots(r: dict, out: Path) -> list[str]:
 
     log = [e for e in r.get("train_log", []) if "loss" in e and "rewards/margins" in e]
     if log:
-        fig, ax = plt.subplots(figsize=(5, 3.2))
+        fig, ax = new_figure(figsize=(5, 3.2))
         steps = [e.get("step", i + 1) for i, e in enumerate(log)]
         ax.plot(steps, [e["loss"] for e in log], label="DPO loss")
         ax.plot(steps, [e["rewards/margins"] for e in log], label="reward margin (batch)")

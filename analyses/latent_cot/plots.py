@@ -1,18 +1,16 @@
-"""Figures of the latent-CoT study (matplotlib, Agg backend)."""
+"""Figures of the latent-CoT study (matplotlib's object-oriented API; the caller's backend is left alone)."""
 from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+from probes.plots import new_figure
 
 
 def plot_necessity(necessity: dict, path) -> Path:
     """necessity: {operator: {"d_acc": [K], "kl": [K]}} (means over seeds)."""
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    fig, axes = new_figure(1, 2, figsize=(10, 3.6))
     for name, vals in necessity.items():
         steps = np.arange(len(vals["d_acc"]))
         axes[0].plot(steps, vals["d_acc"], marker="o", label=name)
@@ -23,12 +21,11 @@ def plot_necessity(necessity: dict, path) -> Path:
     axes[1].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return Path(path)
 
 
 def plot_influence(kl: np.ndarray, dist: np.ndarray, operator: str, path) -> Path:
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.8))
+    fig, axes = new_figure(1, 2, figsize=(9, 3.8))
     for ax, m, title in ((axes[0], kl, "KL of read-out at step j"), (axes[1], dist, "|h'_j - h_j| / mean norm")):
         im = ax.imshow(np.ma.masked_invalid(m), cmap="viridis")
         ax.set(xlabel="measured step j", ylabel="intervened step i", title=title)
@@ -41,12 +38,11 @@ def plot_influence(kl: np.ndarray, dist: np.ndarray, operator: str, path) -> Pat
     fig.suptitle(f"Influence matrix (operator: {operator})")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return Path(path)
 
 
 def plot_commitment(output_curve, rep_curve, path) -> Path:
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    fig, axes = new_figure(1, 2, figsize=(9, 3.4))
     axes[0].plot(range(len(output_curve)), output_curve, marker="o")
     axes[0].axhline(0.5, color="grey", lw=0.5)
     axes[0].set(xlabel="latent steps before exit n", ylabel="p(A) / (p(A) + p(B))", title="Output-level commitment")
@@ -55,5 +51,4 @@ def plot_commitment(output_curve, rep_curve, path) -> Path:
     axes[1].set(xlabel="latent step t", ylabel="cos(h_t, μ_A) - cos(h_t, μ_B)", title="Representational commitment")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return Path(path)
