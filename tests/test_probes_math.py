@@ -22,7 +22,8 @@ def test_rankme_equals_k_for_isotropic_k_dim_data():
     n, k = 50, 7
     X = centred_orthonormal(n, k) * math.sqrt(n) * 2.0
     X = torch.cat([X, torch.zeros(n, 5, dtype=torch.float64)], 1)
-    assert probes.rankme(X) == pytest.approx(7.0, rel=1e-9)
+    assert probes.rankme(X, eps=0.0) == pytest.approx(7.0, rel=1e-9)
+    assert probes.rankme(X) == pytest.approx(7.0, rel=1e-4)       # the reference's eps = 1e-7
 
 
 def test_rankme_hand_spectrum():
@@ -31,15 +32,51 @@ def test_rankme_hand_spectrum():
     X = centred_orthonormal(n, 4, seed=1) * torch.sqrt(lam * n)
     p = lam / lam.sum()
     expected = math.exp(-(p * p.log()).sum().item())
-    assert probes.rankme(X) == pytest.approx(expected, rel=1e-9)
+    assert probes.rankme(X, eps=0.0) == pytest.approx(expected, rel=1e-9)
 
 
 def test_alpha_req_recovers_power_law():
-    n, k, alpha = 80, 30, 1.3
+    n, k, alpha = 160, 120, 1.3
     lam = torch.arange(1, k + 1, dtype=torch.float64) ** -alpha
     X = centred_orthonormal(n, k, seed=2) * torch.sqrt(lam * n)
     assert probes.alpha_req(X) == pytest.approx(alpha, rel=1e-6)
     assert probes.alpha_req(X.float().numpy()) == pytest.approx(alpha, rel=1e-3)
+    assert probes.alpha_req(X, ranks=None, weights="uniform") == pytest.approx(alpha, rel=1e-6)
+
+
+def test_alpha_req_reference_fit_on_sampled_power_law():
+    """Gaussian rows with covariance spectrum i^-1 (d = 512): the sample spectrum bends at the tail, so
+    the old fit (every eigenvalue, unweighted) is off by > 0.3 and drifts with N; the reference fit
+    (ranks 12-100, weights 1/rank) stays within 0.06 of the true alpha = 1 at every N."""
+    g = torch.Generator().manual_seed(0)
+    d, alpha = 512, 1.0
+    lam = torch.arange(1, d + 1, dtype=torch.float64) ** -alpha
+    for n in (300, 1000):
+        X = torch.randn(n, d, generator=g, dtype=torch.float64) * lam.sqrt()
+        assert abs(probes.alpha_req(X) - alpha) < 0.06
+        assert abs(probes.alpha_req(X, ranks=None, weights="uniform") - alpha) > 0.3
+    with pytest.raises(ValueError, match=r"ranks \(12, 100\).*has 9.*ranks=\(1, 9\)"):
+        probes.alpha_req(torch.randn(10, 40, generator=g))
+    with pytest.raises(ValueError, match="weights must be"):
+        probes.alpha_req(X, weights="sqrt")
+
+
+def test_rankme_variants_garrido_singular_values_and_covariance_eigenvalues():
+    """Garrido et al. (arXiv 2210.02885) take the entropy of the singular values, Li et al.
+    (arXiv 2509.23024) of the covariance eigenvalues (their squares): spectrum sigma = (4, 2, 1, 1)
+    gives exp(H(4,2,1,1 / 8)) = 3.36 against exp(H(16,4,1,1 / 22)) = 2.28."""
+    from probes.geometry import rankme_covariance, rankme_garrido
+    n = 40
+    sigma = torch.tensor([4.0, 2.0, 1.0, 1.0], dtype=torch.float64)
+    X = centred_orthonormal(n, 4, seed=1) * sigma * math.sqrt(n)    # singular values sigma * sqrt(n)
+
+    def erank(v):
+        p = v / v.sum()
+        return math.exp(-(p * p.log()).sum().item())
+    assert rankme_garrido(X, eps=0.0) == pytest.approx(erank(sigma), rel=1e-9)
+    assert rankme_covariance(X, eps=0.0) == pytest.approx(erank(sigma ** 2), rel=1e-9)
+    assert rankme_garrido(X) == pytest.approx(3.364, abs=1e-3) and rankme_covariance(X) == pytest.approx(2.276, abs=1e-3)
+    assert probes.rankme(X) == rankme_covariance(X)
 
 
 def test_geometry_errors():
