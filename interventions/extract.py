@@ -118,6 +118,20 @@ def extract(
     "resid_post.11"]``). ``position`` is passed to :meth:`hooked.HookedModel.capture`
     (``"last"`` real token by default, ``"mean"``, or an index among real tokens).
     ``normalize=True`` scales each vector to unit norm.
+
+    Reproducing CAA (Rimsky et al. 2024, "Steering Llama 2 via Contrastive Activation Addition",
+    arXiv 2312.06681; reference nrimsky/CAA): each prompt is the A/B question followed by the
+    answer letter and its closing bracket, e.g. ``"... [/INST] (A)"``, and CAA reads the residual
+    stream at the **answer letter, position -2** (``activations[0, -2]`` in
+    ``generate_vectors.py``), so use ``method="mean_diff", position=-2`` (not the default
+    ``"last"``, which reads the closing bracket). When steering, CAA adds the vector at every
+    position **after the end of the instruction** (``add_vector_after_position`` with ``after`` =
+    the last token of ``[/INST]``): the prompt's own tokens after the instruction and every
+    generated token. With :meth:`SteeringVector.apply` that is ``positions="generated"`` when the
+    prompt ends with the instruction (open-ended generation), and the list of indices of the
+    tokens after the instruction (e.g. ``positions=[-2, -1]`` for a prompt ending ``"[/INST] ("``)
+    for a scored forward with no generation. ``positions="all"`` also steers the instruction
+    itself, which CAA does not.
     """
     if method not in METHODS:
         raise ValueError(f"Unknown extraction method {method!r}; choose one of {list(METHODS)}.")

@@ -1,6 +1,7 @@
 """Step-wise metrics on hand-built rollouts with known answers."""
 import math
 
+import pytest
 import torch
 
 from analyses.latent_cot import answer_modes, decidability, influence_matrix, necessity
@@ -48,7 +49,31 @@ def test_influence_locality_and_span():
     assert math.isnan(inf["kl_summary"]["locality"])      # no read-out changed at all
 
 
-def test_decidability_earliest_correct_step():
+def test_influence_of_a_strictly_local_chain_is_local_by_both_measures():
+    """do(h_i) changes only node i+1: the latent h_{i+1} and the read-out taken where h_{i+1} is
+    produced (after i+1 latents, index i+1). Node j is read after j latents (the reference), so
+    both matrices put all weight on j = i+1: locality 1.0, span 1.0. Reading node j one latent
+    later (index j+1, the old definition) sees no KL at all for this chain."""
+    K, N, V = 4, 3, 5
+    clean = _roll(_onehot_logits(torch.zeros(N, K + 1, dtype=torch.long), V), latents=torch.zeros(N, K, 4))
+    rolls = []
+    for i in range(K):
+        reads = torch.zeros(N, K + 1, dtype=torch.long)
+        reads[:, i + 1] = 1                                  # the direct effect: the next read-out flips
+        lat = torch.zeros(N, K, 4)
+        if i + 1 < K:
+            lat[:, i + 1, 0] = 3.0                           # ... and so does the next latent, nothing later
+        rolls.append(_roll(_onehot_logits(reads, V), lat))
+    inf = influence_matrix(StepSweep(clean, list(range(K)), rolls), mean_norm=1.0)
+    for key in ("kl_summary", "distance_summary"):
+        assert inf[key]["locality"] == 1.0 and inf[key]["span"] == 1.0
+    kl_flip = 10.0 * (1 - 2 * math.exp(-10) / (1 + 4 * math.exp(-10)))   # KL between two 10-logit one-hots, approx
+    for i in range(K - 1):
+        assert inf["kl"][i, i + 1] == pytest.approx(kl_flip, rel=1e-3) and inf["distance"][i, i + 1] == 3.0
+        assert all(inf["kl"][i, j] == 0 and inf["distance"][i, j] == 0 for j in range(i + 2, K))
+
+
+def test_decidability_first_correct_step_is_the_headline():
     gold = torch.tensor([1, 1, 1])
     reads = torch.tensor([[1, 1, 1], [0, 1, 1], [1, 0, 1]])     # after 0, 1, 2 steps
     clean = _roll(_onehot_logits(reads))
@@ -56,9 +81,14 @@ def test_decidability_earliest_correct_step():
     d = decidability(clean, gold, torch.tensor([[2, 1], [2, 1], [2, 1]]), lens)
     approx = lambda a, b: all(abs(x - y) < 1e-6 for x, y in zip(a, b)) and len(a) == len(b)  # noqa: E731
     assert approx(d["acc_after_n_steps"], [2 / 3, 2 / 3, 1.0])
-    # row 0 right from 0 on; row 1 from 1; row 2 wrong at 1, so it stays right only from 2
-    assert approx(d["earliest_correct_hist"], [1 / 3, 1 / 3, 1 / 3]) and d["never_correct"] == 0.0
+    # reference (first early-exit read-out that is correct): rows 0 and 2 at 0, row 1 at 1
+    assert approx(d["first_correct_hist"], [2 / 3, 1 / 3, 0.0]) and d["first_correct_never"] == 0.0
+    # stricter second metric: row 2 is wrong again at 1, so it stays right only from 2
+    assert approx(d["stable_correct_hist"], [1 / 3, 1 / 3, 1 / 3]) and d["stable_correct_never"] == 0.0
     assert approx(d["logit_lens_acc"], [2 / 3, 1 / 3])
+    never = decidability(_roll(_onehot_logits(torch.zeros(3, 3, dtype=torch.long))), gold,
+                         torch.zeros(3, 2, dtype=torch.long), lens)
+    assert never["first_correct_never"] == 1.0 and sum(never["first_correct_hist"]) == 0.0
 
 
 def test_answer_modes_find_the_bimodal_question():

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from interventions.latent_cot import (GaussianNoise, Identity, LatentRunner, LatentStats, Patch, ProjectOut,
-                                      Replace, StepMean, Swap, Zero, make_operator, sweep_steps)
+                                      PureNoise, Replace, StepMean, Swap, Zero, make_operator, sweep_steps)
 
 V, BOT, EOT, ANS = 40, 37, 38, 39
 
@@ -167,6 +167,11 @@ def test_operators_do_what_they_say():
     noise = GaussianNoise(stats, sigma=0.5)(h, ctx) - h
     assert abs(noise.norm(dim=-1).mean().item() / stats.mean_norm - 0.5) < 0.05
     torch.testing.assert_close(GaussianNoise(stats, 0.5)(h, ctx), GaussianNoise(stats, 0.5)(h, ctx))
+    # pure noise: the reference's sigma_scale = 0.5, i.e. half the mean latent norm (not the full norm)
+    pure = PureNoise(stats)(h, ctx)
+    assert abs(pure.norm(dim=-1).mean().item() / stats.mean_norm - 0.5) < 0.05
+    assert abs(make_operator("pure_noise", stats, sigma=1.0)(h, ctx).norm(dim=-1).mean().item()
+               / stats.mean_norm - 1.0) < 0.1
     u = torch.randn(16, generator=gen)
     assert (ProjectOut(u)(h, ctx) @ u).abs().max() < 1e-4
     src = torch.randn(64, 3, 16, generator=gen)

@@ -44,13 +44,24 @@ def necessity(clean: LatentRollout, intervened: LatentRollout, gold: torch.Tenso
 
 
 def influence_matrix(sweep: StepSweep, mean_norm: float) -> dict:
-    """[K, K] matrices (rows: intervened step i, columns: measured step j; NaN for j <= i)."""
+    """Edge strengths I(i -> j) between latent nodes, j > i, as in the reference
+    (J1mL1/causal-latent-cot, ``experiments/rq2/run_latent_causal_graph.py``).
+
+    Node j is read where h_j is produced: after j latents have been fed (the early-exit
+    read-out index n = j, i.e. ``readout_logits[:, j]``). So the edge i -> i+1 is the direct
+    effect of do(h_i) on the very next read-out, and both matrices index the same node:
+
+        KL[i, j]       = E_b KL(p_j || q_j)             (p_j, q_j: clean / intervened read-out after j latents)
+        distance[i, j] = E_b |h'_j - h_j| / mean_norm   (h_j: the latent produced there)
+
+    [K, K] matrices (rows: intervened step i, columns: node j; NaN for j <= i).
+    """
     K = sweep.clean.n_latents
     kl = torch.full((K, K), float("nan"))
     dist = torch.full((K, K), float("nan"))
     for i, roll in sweep.by_step().items():
         for j in range(i + 1, K):
-            kl[i, j] = _kl(sweep.clean.readout_logits[:, j + 1], roll.readout_logits[:, j + 1]).mean()
+            kl[i, j] = _kl(sweep.clean.readout_logits[:, j], roll.readout_logits[:, j]).mean()
             dist[i, j] = (roll.latents[:, j] - sweep.clean.latents[:, j]).float().norm(dim=-1).mean() / mean_norm
     return {"kl": kl, "distance": dist, "kl_summary": _locality(kl), "distance_summary": _locality(dist)}
 
@@ -65,16 +76,36 @@ def _locality(m: torch.Tensor) -> dict:
     return {"locality": float(w[(j - i) == 1].sum()) / total, "span": float((w * (j - i)).sum()) / total}
 
 
+def _first_true(mask: torch.Tensor) -> torch.Tensor:
+    """Index of the first True along dim 1, -1 where there is none."""
+    return torch.where(mask.any(1), mask.int().argmax(1), torch.full(mask.shape[:1], -1, dtype=torch.long))
+
+
 def decidability(clean: LatentRollout, gold: torch.Tensor, chain: torch.Tensor, lens_logits: torch.Tensor) -> dict:
-    """``chain`` [N, K]: the explicit steps c_0..c_{K-1}; ``lens_logits`` [N, K, V]: logit lens of h_0..h_{K-1}."""
+    """When the answer becomes decodable.
+
+    Headline (the reference's metric, J1mL1/causal-latent-cot ``experiments/rq1/run_step_sufficiency.py``,
+    mode "decode" with ``decode_continue_latents=False``): per example the first n at which the
+    early-exit answer is correct, i.e. ``argmax readout_logits[:, n] == gold`` where the read-out
+    after n latents closes the thought and decodes with no further latent pass:
+
+        first_correct(b) = min{n : a_n(b) = y_b}        (-1 if never)
+
+    ``first_correct_hist[n]`` is the share of examples with first_correct = n. The stricter
+    second metric ``stable_correct_hist`` uses min{n : a_m(b) = y_b for all m >= n}.
+
+    ``chain`` [N, K]: the explicit steps c_0..c_{K-1}; ``lens_logits`` [N, K, V]: logit lens of h_0..h_{K-1}.
+    """
     ok = clean.readout_logits.argmax(-1) == gold[:, None]                       # [N, K+1]
     stays = torch.flip(torch.cumprod(torch.flip(ok, [1]).int(), 1), [1]).bool()  # correct from n on
-    earliest = torch.where(stays.any(1), stays.int().argmax(1), torch.full_like(gold, -1))
+    first, stable = _first_true(ok), _first_true(stays)
     K = clean.n_latents
-    hist = [(earliest == n).float().mean().item() for n in range(K + 1)]
     return {"acc_after_n_steps": ok.float().mean(0).tolist(),
             "logit_lens_acc": (lens_logits.argmax(-1) == chain).float().mean(0).tolist(),
-            "earliest_correct_hist": hist, "never_correct": (earliest == -1).float().mean().item()}
+            "first_correct_hist": [(first == n).float().mean().item() for n in range(K + 1)],
+            "first_correct_never": (first == -1).float().mean().item(),
+            "stable_correct_hist": [(stable == n).float().mean().item() for n in range(K + 1)],
+            "stable_correct_never": (stable == -1).float().mean().item()}
 
 
 def answer_modes(clean: LatentRollout, *, n_samples: int = 64, min_share: float = 0.15, max_questions: int = 16,

@@ -6,7 +6,7 @@ h_0..h_{K-1} as variables of a structural causal model and apply do(h_t := x) wi
     mean        x = mu           (mean latent over all examples and steps)
     step_mean   x = mu_t         (mean latent at step t)
     noise       x = h_t + sigma * (r / sqrt(d)) * eps,  eps ~ N(0, I), r = mean latent norm
-    pure_noise  x = (r / sqrt(d)) * eps                 (noise with the norm of a typical latent)
+    pure_noise  x = sigma * (r / sqrt(d)) * eps         (sigma = 0.5 as in the reference: half a typical norm)
     swap        x = h_t[pi(b)]   (the latent of another example b' = pi(b) at the same step)
     patch       x = h'_t         (the latent of a counterfactual run)
     project_out x = h_t - (h_t . u) u,  u = v / |v|
@@ -124,15 +124,18 @@ class GaussianNoise(LatentOperator):
 
 
 class PureNoise(LatentOperator):
-    """x = (r / sqrt(d)) * eps: a random vector of the norm of a typical latent."""
+    """x = sigma * (r / sqrt(d)) * eps: pure Gaussian noise whose expected norm is sigma times the mean
+    latent norm r. The reference (J1mL1/causal-latent-cot, ``common/analysis/step_ablation.py:
+    ablate_gaussian_noise``, mode "gaussian") uses sigma = sigma_scale = 0.5 by default, so a
+    replacement has about half the norm of a typical latent."""
 
     name = "pure_noise"
 
-    def __init__(self, stats: LatentStats, seed: int = 0):
-        self.scale, self.seed = stats.mean_norm, seed
+    def __init__(self, stats: LatentStats, sigma: float = 0.5, seed: int = 0):
+        self.scale, self.sigma, self.seed = stats.mean_norm, float(sigma), seed
 
     def __call__(self, h, ctx):
-        return self.scale / h.shape[-1] ** 0.5 * _noise(h.shape, ctx.step, self.seed, h)
+        return self.sigma * self.scale / h.shape[-1] ** 0.5 * _noise(h.shape, ctx.step, self.seed, h)
 
 
 class Swap(LatentOperator):
