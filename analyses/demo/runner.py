@@ -8,49 +8,19 @@ a report that hides a failure would be worse than one that shows it.
 
 from __future__ import annotations
 
-import json
 import time
 import traceback
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Callable
 
-from . import demo_stages as stages_mod
+import hooked
+from hooked.jsonutil import write_json
 
-
-@dataclass
-class Stage:
-    name: str
-    title: str
-    fn: Callable  # fn(ctx) -> (numbers: dict, markdown: str)
-
-
-STAGES = [
-    Stage("capture", "Capture", stages_mod.stage_capture),
-    Stage("entropy", "Knowledge entropy", stages_mod.stage_entropy),
-    Stage("probes", "Concept-probe layer sweep", stages_mod.stage_probes),
-    Stage("steering", "Steering vector and multiplier sweep", stages_mod.stage_steering),
-    Stage("dpo", "DPO run and policy-shift report", stages_mod.stage_dpo),
-    Stage("latent_cot", "Latent chain-of-thought study", stages_mod.stage_latent_cot),
-]
-
-
-@dataclass
-class DemoContext:
-    model: object
-    model_spec: str
-    out: Path
-    quick: bool
-    backend: str
-    device: str
-    results: dict
+from .stages import STAGES, DemoContext
 
 
 def run_demo(model: str = "smollm2-135m-instruct", out_root: Path = Path("runs"), quick: bool = False,
              backend: str = "tl", device: str = "cpu", stages: list[str] | None = None) -> Path:
-    import hooked
-
     names = [s.name for s in STAGES]
     if stages:
         unknown = [s for s in stages if s not in names]
@@ -81,10 +51,10 @@ def run_demo(model: str = "smollm2-135m-instruct", out_root: Path = Path("runs")
         ctx.results[st.name] = numbers
         report["stages"][st.name] = {"status": status, "seconds": round(secs, 1), **numbers}
         md.append(f"## {st.title}\n\n_{status}, {secs:.0f} s_\n\n{text}\n")
-        (out / "report.json").write_text(json.dumps(report, indent=2, default=float))
+        write_json(out / "report.json", report)
         (out / "report.md").write_text("\n".join(md))
     report["seconds_total"] = round(time.perf_counter() - t0, 1)
-    (out / "report.json").write_text(json.dumps(report, indent=2, default=float))
+    write_json(out / "report.json", report)
     (out / "report.md").write_text("\n".join(md) + f"\n---\nTotal time {report['seconds_total']:.0f} s.\n")
     failed = [k for k, v in report["stages"].items() if v["status"] != "ok"]
     if failed:

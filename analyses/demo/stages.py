@@ -4,30 +4,33 @@ are stated in the report, so a reader knows how much data stands behind each num
 
 from __future__ import annotations
 
-import json
 import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
 
-CAPTURE_PROMPTS = [
-    "The capital of France is",
-    "The Eiffel Tower is located in the city of",
-    "Water boils at a temperature of",
-    "The opposite of hot is",
-]
+import interventions as iv
+import probes
+from analyses import dpo
+from analyses.latent_cot import run_study
+from hooked.jsonutil import to_jsonable
+from probes.plots import new_figure
 
-ENTROPY_TEXTS = [
-    "The cat sat on the mat and watched the birds outside the window.",
-    "Photosynthesis converts light energy into chemical energy stored in glucose.",
-    "The stock market fell sharply after the announcement of new tariffs.",
-    "She opened the old book and found a letter hidden between the pages.",
-    "Paris is the capital of France, and Berlin is the capital of Germany.",
-    "To bake bread you need flour, water, salt and yeast.",
-    "The football match ended in a draw after extra time.",
-    "Quantum computers use qubits that can be in superposition.",
-    "He walked to the station in the rain without an umbrella.",
-    "The river flows from the mountains down to the sea.",
-    "Honey never spoils if it is stored in a sealed jar.",
-    "The committee will meet again next Tuesday to vote on the budget.",
-]
+from .corpora import CAPTURE_PROMPTS, ENTROPY_TEXTS
+from .latent_cot_markdown import latent_cot_markdown
+
+
+@dataclass
+class DemoContext:
+    """What every stage gets: the loaded model, how it was named, where to write, and the profile."""
+
+    model: object
+    model_spec: str
+    out: Path
+    quick: bool
+    backend: str
+    device: str
+    results: dict
 
 
 def _fmt(x, nd=3):
@@ -55,8 +58,6 @@ def stage_capture(ctx):
 
 
 def stage_entropy(ctx):
-    import probes
-
     texts = ENTROPY_TEXTS[: 6 if ctx.quick else 12]
     ke = probes.knowledge_entropy(ctx.model, texts, batch_size=6, progress=True)
     per = [float(x) for x in ke.per_layer]
@@ -73,8 +74,6 @@ def stage_entropy(ctx):
 
 
 def stage_probes(ctx):
-    import probes
-
     n = 120 if ctx.quick else 400
     names = ["factual", "emotional"] if ctx.quick else ["factual", "emotional", "inferential"]
     sweeps = {}
@@ -102,8 +101,6 @@ def stage_probes(ctx):
 
 
 def stage_steering(ctx):
-    import interventions as iv
-
     m = ctx.model
     layer = round(0.3 * m.n_layers)  # 9 of 30 on SmolLM2: where generated sentiment moved monotonically
     site = f"resid_post.{layer}"
@@ -139,8 +136,6 @@ def stage_steering(ctx):
 
 
 def stage_dpo(ctx):
-    from analyses import dpo
-
     L = ctx.model.n_layers
     if ctx.quick:
         steps, sets = 4, ["knowledge"]
@@ -162,68 +157,35 @@ def stage_dpo(ctx):
         if md_path.exists():
             body = md_path.read_text().split("\n", 1)[-1].replace("](", f"](dpo_{name}/").replace("\n## ", "\n### ")
             text.append(f"### Preference set `{name}`\n{body}")
-    return json.loads(json.dumps(numbers, default=float)), "\n".join(text)
+    return to_jsonable(numbers), "\n".join(text)
 
 
 def stage_latent_cot(ctx):
-    from analyses.latent_cot import run_study
-
     out = ctx.out / "latent_cot"
     numbers = run_study(out, profile="quick" if ctx.quick else "full", progress=True)
-    return numbers, _latent_cot_markdown(numbers)
-
-
-def _row(values, nd=3):
-    return " | ".join("–" if v is None else f"{v:.{nd}f}" for v in values)
-
-
-def _latent_cot_markdown(numbers: dict) -> str:
-    """The latent-CoT study's summary as tables (the full numbers are in report.json)."""
-    s = numbers["summary"]
-    seeds = numbers["seeds"]
-    task = numbers["task"]
-    k = len(s["logit_lens_acc"])
-    lines = [
-        f"A tiny transformer trained here on {task.get('task')} ({task.get('n_nodes')} nodes, {task.get('hops')} hops; "
-        f"K = {k} latent steps) with the Coconut curriculum, and the pause-token control (latent positions fed a "
-        f"learned constant). Seeds {seeds}.\n",
-        "| seed | explicit CoT exact match | Coconut (all steps latent) | pause-token control |",
-        "|---|---|---|---|",
-    ]
-    for i, seed in enumerate(seeds):
-        lines.append(f"| {seed} | {s['cot_exact_match'][i]:.3f} | {s['coconut_acc'][i]:.3f} | {s['pause_acc'][i]:.3f} |")
-    lines.append(f"| mean ± sd | | {s['coconut_acc_mean']:.3f} ± {s['coconut_acc_std']:.3f} | "
-                 f"{s['pause_acc_mean']:.3f} ± {s['pause_acc_std']:.3f} |\n")
-    steps = " | ".join(f"t={t}" for t in range(k))
-    lines += [f"Necessity: change in accuracy when the operator replaces h_t (mean over seeds).\n",
-              f"| operator | {steps} |", "|---|" + "---|" * k]
-    for op, v in s["necessity"].items():
-        lines.append(f"| {op} | {_row(v['d_acc'])} |")
-    lines += ["", f"Early decidability: accuracy when the thought is closed after n = 0..{k} steps: "
-              f"{_row(s['acc_after_n_steps'], 2)}; logit lens of h_t names the explicit step it replaces: "
-              f"{_row(s['logit_lens_acc'], 3)}.\n",
-              "Influence (step-mean operator at step i, KL of the answer read-out at step j > i):\n",
-              "| i \\ j | " + " | ".join(str(j) for j in range(k)) + " |", "|---|" + "---|" * k]
-    for i, row in enumerate(s["influence_kl"]):
-        lines.append(f"| {i} | {_row(row, 2)} |")
-    lines += ["", f"Locality (share of influence on t→t+1 edges): {s['locality_kl']:.2f} by KL, "
-              f"{s['locality_distance']:.2f} by distance of h_j. Output commitment per early exit: "
-              f"{_row(s['output_commitment'], 2)}; representational commitment per step: "
-              f"{_row(s['representational_commitment'], 2)}.\n"]
-    for fig in ("latent_cot_necessity.png", "latent_cot_influence.png", "latent_cot_commitment.png"):
-        lines.append(f"![{fig}](latent_cot/{fig})")
-    return "\n".join(lines)
+    return numbers, latent_cot_markdown(numbers)
 
 
 def _bar(values, xlabel, ylabel, title, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 3.2))
+    fig, ax = new_figure(figsize=(7, 3.2))
     ax.bar(range(len(values)), values)
     ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
+
+
+@dataclass
+class Stage:
+    name: str
+    title: str
+    fn: Callable[[DemoContext], tuple[dict, str]]  # -> (numbers for report.json, markdown for report.md)
+
+
+STAGES = [
+    Stage("capture", "Capture", stage_capture),
+    Stage("entropy", "Knowledge entropy", stage_entropy),
+    Stage("probes", "Concept-probe layer sweep", stage_probes),
+    Stage("steering", "Steering vector and multiplier sweep", stage_steering),
+    Stage("dpo", "DPO run and policy-shift report", stage_dpo),
+    Stage("latent_cot", "Latent chain-of-thought study", stage_latent_cot),
+]

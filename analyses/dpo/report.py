@@ -2,12 +2,11 @@
 ``report.md``, ``report.json`` (every number) and PNG plots."""
 from __future__ import annotations
 
-import json
 import math
 import time
 from pathlib import Path
 
-import torch
+from hooked.jsonutil import write_json
 
 from . import _common as C
 from . import causal, internals, policy as P
@@ -112,7 +111,7 @@ def run_shift_report(reference, policy, preferences, out_dir, checkpoints=None, 
     result["seconds"] = round(time.time() - t0, 1)
     from .plots import write_plots
     result["plots"] = write_plots(result, out)
-    (out / "report.json").write_text(json.dumps(_clean(result), indent=1))
+    write_json(out / "report.json", result, indent=1)
     (out / "report.md").write_text(markdown(result))
     bar.next()
     bar.close()
@@ -135,21 +134,6 @@ class _Stages:
 
     def close(self):
         self.bar.close()
-
-
-def _clean(x):
-    """JSON-safe copy: tensors to lists, NaN/inf to None."""
-    if isinstance(x, dict):
-        return {str(k): _clean(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_clean(v) for v in x]
-    if isinstance(x, torch.Tensor):
-        return _clean(x.tolist())
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, Path):
-        return str(x)
-    return x
 
 
 def _f(x, nd=3):

@@ -1,0 +1,24 @@
+"""``policylens demo``: every capability on the packaged model, one report (see :mod:`analyses.demo`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from analyses.demo import run_demo
+
+from .options import add_model_options
+
+
+def cmd_demo(args) -> int:
+    out = run_demo(model=args.model, out_root=Path(args.out), quick=args.quick, backend=args.backend,
+                   device=args.device, stages=args.stages)
+    print(f"\nreport: {out / 'report.md'}\nnumbers: {out / 'report.json'}")
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("demo", help="the main job: every capability on the packaged model, one report")
+    add_model_options(p, out_default="runs")
+    p.add_argument("--quick", action="store_true", help="the ~3-minute profile")
+    p.add_argument("--stages", nargs="+", default=None, help="run only these stages")
+    p.set_defaults(func=cmd_demo)
