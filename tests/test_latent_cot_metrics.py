@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from analyses.latent_cot import answer_modes, decidability, influence_matrix, necessity
+from analyses.latent_cot import decidability, influence_matrix, necessity
 from interventions.latent_cot import LatentRollout, StepSweep
 
 
@@ -91,16 +91,56 @@ def test_decidability_first_correct_step_is_the_headline():
     assert never["first_correct_never"] == 1.0 and sum(never["first_correct_hist"]) == 0.0
 
 
-def test_answer_modes_find_the_bimodal_question():
-    K, V = 2, 5
-    logits = torch.full((4, K + 1, V), -20.0)
-    logits[:, :, 0] = 5.0                                   # three confident questions answer 0
-    logits[3] = -20.0
-    logits[3, :, 1] = torch.tensor([-1.0, 0.5, 1.0])       # question 3: answers 1 and 2 compete, 1 wins late
-    logits[3, :, 2] = torch.tensor([1.0, 0.0, 0.0])
-    lat = torch.randn(4, K, 4, generator=torch.Generator().manual_seed(0))
-    res = answer_modes(_roll(logits, lat), n_samples=200, min_share=0.15)
-    assert res["n_questions"] == 1 and not res["relaxed"]
-    o = res["output_commitment"]
-    assert o[0] < 0.5 < o[1] < o[2]                          # commits to answer 1 after one step
-    assert res["output_commit_step"] == [1]
+def _trajectories():
+    """Three questions, 40 samples each, K = 3 latents in d = 4. q0: 22 A / 18 B, A-trajectories drift
+    along +e0 and B along -e0 from a common offset, more at each step (two-way: selected). q1: 36 / 4
+    (ratio 0.1: too one-sided). q2: 14 / 13 / 13 over three answers (top two cover 68 %: not two-way;
+    the old filter, second share >= 0.15, kept it)."""
+    S, K, d = 40, 3, 4
+    g = torch.Generator().manual_seed(0)
+    answers = torch.zeros(3, S, dtype=torch.long)
+    answers[0, 22:] = 1
+    answers[1, 36:] = 1
+    answers[2, 14:27], answers[2, 27:] = 1, 2
+    base = torch.tensor([0.0, 1.0, 2.0, 0.5])
+    latents = base + 0.01 * torch.randn(3, S, K, d, generator=g)
+    latents[..., 3] += torch.arange(K) * 2.0            # the chain moves (activity)
+    sign = torch.where(answers[0] == 0, 1.0, -1.0)
+    latents[0, :, :, 0] += sign[:, None] * torch.tensor([0.0, 0.5, 1.0])
+    return latents, answers
+
+
+def test_answer_modes_reference_selection_and_per_question_probe():
+    from analyses.latent_cot import answer_modes_from_samples, select_questions
+    latents, answers = _trajectories()
+    chosen = select_questions(answers, latents)
+    assert [c["question"] for c in chosen] == [0]
+    assert chosen[0]["A"] == 0 and chosen[0]["B"] == 1 and chosen[0]["ratio_B"] == pytest.approx(18 / 40)
+    K, V = 3, 5
+    logits = torch.zeros(3, K + 1, V)
+    logits[0, :, 0] = torch.tensor([-1.0, 0.0, 1.0, 2.0])      # the read-out moves to A after 2 latents
+    for method in ("gram_schmidt", "mean_sub"):
+        res = answer_modes_from_samples(latents, answers, logits, method=method)
+        assert res["n_questions"] == 1 and res["n_degenerate_probes"] == 0
+        o = res["output_commitment"]
+        assert o[0] < 0.5 and o[1] == pytest.approx(0.5) and o[2] > 0.5 and res["output_commit_step"] == [2]
+        ra, rb = res["representational_commitment_A"], res["representational_commitment_B"]
+        # the question's own A- and B-trajectories agree at step 1 and separate more at every step
+        assert abs(ra[0] - rb[0]) < 0.01 and ra[2] - rb[2] > ra[1] - rb[1] > 0.15
+    # mean_sub: probe +-unit(mu_A - c), centred on the midpoint: undecided (0.5) at step 1, A from step 2 on
+    assert ra[0] == pytest.approx(0.5, abs=0.01) and rb[0] == pytest.approx(0.5, abs=0.01)
+    assert ra[2] > ra[1] > 0.7 and rb[2] < rb[1] < 0.3 and res["representational_commit_step"] == [1]
+
+
+def test_answer_modes_without_a_qualifying_question_reports_no_curve():
+    from analyses.latent_cot import answer_modes_from_samples
+    latents, answers = _trajectories()
+    res = answer_modes_from_samples(latents[1:], answers[1:], torch.zeros(2, 4, 5))
+    assert res["n_questions"] == 0 and "No question qualifies" in res["note"]
+    assert res["output_commitment"] == [] and res["representational_commitment_A"] == []
+    same = latents[:1].clone()
+    same[:] = same[0, 0]                                        # every trajectory the same: probe undefined
+    same[..., 3] += torch.arange(3) * 2.0
+    res = answer_modes_from_samples(same, answers[:1], torch.zeros(1, 4, 5))
+    assert res["n_questions"] == 1 and res["n_degenerate_probes"] == 1
+    assert res["representational_commitment_A"] == [] and "probe is undefined" in res["note"]

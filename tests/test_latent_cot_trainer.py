@@ -106,5 +106,8 @@ def test_intervention_study_numbers_are_consistent():
     dist = torch.tensor(res["influence"]["distance"], dtype=torch.float)
     assert (dist[0, 1:] > 0).all() and torch.isnan(dist[1:, 0]).all()   # only later steps move
     assert len(res["decidability"]["acc_after_n_steps"]) == K + 1
+    modes = res["answer_modes"]
+    assert modes["n_candidates"] == 24 and modes["selection"]["min_cover"] == 0.9
+    assert (modes["n_questions"] == 0) == (modes["output_commitment"] == [])
     for key in ("first_correct", "stable_correct"):
         assert abs(sum(res["decidability"][key + "_hist"]) + res["decidability"][key + "_never"] - 1) < 1e-6

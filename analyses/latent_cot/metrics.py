@@ -6,15 +6,12 @@ model's answer), gold answer y and do(h_t := x):
 
     necessity(t):  dAcc = Acc(q_K) - Acc(p_K); flips c->w and w->c (share of all examples);
                    dlogp = E[log q_K(y) - log p_K(y)]  (teacher-forced); KL = E[KL(p_K || q_K)]
-    influence(i, j), j > i:  KL(p_{j+1} || q_{j+1}) (read-out after step j) and |h'_j - h_j| / r
+    influence(i, j), j > i:  KL(p_j || q_j) (read-out after j latents, where h_j is produced) and |h'_j - h_j| / r
                    locality = sum_i I(i, i+1) / sum_{i<j} I(i, j);  span = sum I(i, j)(j - i) / sum I(i, j)
-    decidability:  Acc(p_n) for n = 0..K, logit-lens accuracy of h_t against the explicit step c_t it replaces,
-                   and per example the earliest n from which the read-out stays correct.
-    answer modes:  for questions whose sampled answers have two frequent values A, B:
-                   output commitment  o_n = softmax(log p_n(A), log p_n(B))_A,
-                   representational   r_t = cos(h_t, mu_A) - cos(h_t, mu_B), mu = mean final latent
-                   of the examples answered A (resp. B); commit step = first step from which the
-                   curve stays on A's side (o > 0.5, r > 0).
+    decidability:  Acc(p_n) for n = 0..K; per example the first n at which the early-exit read-out is
+                   correct (the reference's headline) and the stricter first n from which it stays
+                   correct; logit-lens accuracy of h_t against the explicit step c_t it replaces.
+    answer modes:  see :mod:`analyses.latent_cot.answer_modes` (the reference's RQ3 stages 1-3).
 """
 from __future__ import annotations
 
@@ -106,48 +103,3 @@ def decidability(clean: LatentRollout, gold: torch.Tensor, chain: torch.Tensor, 
             "first_correct_never": (first == -1).float().mean().item(),
             "stable_correct_hist": [(stable == n).float().mean().item() for n in range(K + 1)],
             "stable_correct_never": (stable == -1).float().mean().item()}
-
-
-def answer_modes(clean: LatentRollout, *, n_samples: int = 64, min_share: float = 0.15, max_questions: int = 16,
-                 seed: int = 0) -> dict:
-    """Commitment curves on questions where sampling the answer gives two frequent values.
-
-    If no question reaches ``min_share`` for its second answer, the questions with the
-    largest second share are used and ``relaxed`` is True (a confident model is rarely bimodal).
-    """
-    K = clean.n_latents
-    probs = F.softmax(clean.readout_logits[:, K].float(), -1)
-    gen = torch.Generator().manual_seed(seed)
-    draws = torch.multinomial(probs, n_samples, replacement=True, generator=gen)
-    counts = F.one_hot(draws, probs.shape[-1]).sum(1).float() / n_samples
-    top = counts.topk(2, -1)
-    second = top.values[:, 1]
-    chosen = (second >= min_share).nonzero()[:, 0]
-    relaxed = len(chosen) == 0
-    if relaxed:
-        chosen = second.argsort(descending=True)[:max_questions]
-    chosen = chosen[:max_questions]
-    final = clean.readout_logits[:, K].argmax(-1)
-    last = clean.latents[:, K - 1].float()
-    out_curves, rep_curves = [], []
-    for q in chosen.tolist():
-        a, b = top.indices[q].tolist()
-        logp = F.log_softmax(clean.readout_logits[q].float(), -1)              # [K+1, V]
-        out_curves.append(torch.softmax(torch.stack([logp[:, a], logp[:, b]], -1), -1)[:, 0])
-        mu = [last[final == x].mean(0) if (final == x).any() else None for x in (a, b)]
-        if mu[0] is None or mu[1] is None:
-            continue
-        h = clean.latents[q].float()
-        rep_curves.append(F.cosine_similarity(h, mu[0][None], -1) - F.cosine_similarity(h, mu[1][None], -1))
-
-    def commit(curves, thresh):
-        if not curves:
-            return []
-        c = torch.stack(curves) > thresh
-        stays = torch.flip(torch.cumprod(torch.flip(c, [1]).int(), 1), [1]).bool()
-        return torch.where(stays.any(1), stays.int().argmax(1), torch.full((len(c),), -1)).tolist()
-
-    return {"n_questions": len(chosen), "relaxed": relaxed, "second_share": second[chosen].tolist(),
-            "output_commitment": torch.stack(out_curves).mean(0).tolist() if out_curves else [],
-            "representational_commitment": torch.stack(rep_curves).mean(0).tolist() if rep_curves else [],
-            "output_commit_step": commit(out_curves, 0.5), "representational_commit_step": commit(rep_curves, 0.0)}

@@ -41,14 +41,18 @@ def plot_influence(kl: np.ndarray, dist: np.ndarray, operator: str, path) -> Pat
     return Path(path)
 
 
-def plot_commitment(output_curve, rep_curve, path) -> Path:
+def plot_commitment(output_curve, rep_curves, path) -> Path:
+    """``rep_curves`` = (mean p_A(t) over A-trajectories, over B-trajectories) of the per-question probe."""
     fig, axes = new_figure(1, 2, figsize=(9, 3.4))
     axes[0].plot(range(len(output_curve)), output_curve, marker="o")
     axes[0].axhline(0.5, color="grey", lw=0.5)
     axes[0].set(xlabel="latent steps before exit n", ylabel="p(A) / (p(A) + p(B))", title="Output-level commitment")
-    axes[1].plot(range(len(rep_curve)), rep_curve, marker="o", color="C1")
-    axes[1].axhline(0, color="grey", lw=0.5)
-    axes[1].set(xlabel="latent step t", ylabel="cos(h_t, μ_A) - cos(h_t, μ_B)", title="Representational commitment")
+    rep_a, rep_b = rep_curves
+    axes[1].plot(range(1, len(rep_a) + 1), rep_a, marker="o", color="C1", label="trajectories answering A")
+    axes[1].plot(range(1, len(rep_b) + 1), rep_b, marker="s", color="C2", label="trajectories answering B")
+    axes[1].axhline(0.5, color="grey", lw=0.5)
+    axes[1].legend(fontsize=8)
+    axes[1].set(xlabel="latent step t", ylabel="probe p_A(t)", title="Representational commitment (per-question probe)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     return Path(path)

@@ -14,6 +14,7 @@ import torch
 from interventions.latent_cot import LatentStats, make_operator, sweep_steps
 
 from . import metrics, plots
+from .answer_modes import answer_modes
 from .model import ReasonerConfig, TinyReasoner
 from .trainer import evaluate, torch_threads, train_reasoner
 
@@ -63,7 +64,7 @@ def _intervention_study(reasoner, n_eval, seed, operators, influence_operator) -
     out["influence"] = {"operator": influence_operator, "kl": inf["kl"].tolist(), "distance": inf["distance"].tolist(),
                         "kl_summary": inf["kl_summary"], "distance_summary": inf["distance_summary"]}
     out["decidability"] = metrics.decidability(clean, gold, base.chain, runner.logit_lens(clean.hidden))
-    out["answer_modes"] = metrics.answer_modes(clean, seed=seed)
+    out["answer_modes"] = answer_modes(runner, base.question, n_latents=K, clean=clean, seed=seed)
     out["latent_mean_norm"] = stats.mean_norm
     return out
 
@@ -137,16 +138,23 @@ def run_study(out_dir, profile: str = "quick", seeds=None, progress: bool = True
     for key in ("coconut_acc", "pause_acc"):
         summary[key + "_mean"] = float(np.mean(summary[key]))
         summary[key + "_std"] = float(np.std(summary[key]))
-    curves_o = [p["study"]["answer_modes"]["output_commitment"] for p in per if p["study"]["answer_modes"]["output_commitment"]]
-    curves_r = [p["study"]["answer_modes"]["representational_commitment"] for p in per
-                if p["study"]["answer_modes"]["representational_commitment"]]
-    summary["output_commitment"], summary["representational_commitment"] = _mean(curves_o), _mean(curves_r)
+    modes = [p["study"]["answer_modes"] for p in per]
+    summary["answer_modes_n_questions"] = [m["n_questions"] for m in modes]
+    summary["output_commitment"] = _mean([m["output_commitment"] for m in modes if m["output_commitment"]])
+    for side in ("A", "B"):
+        key = "representational_commitment_" + side
+        summary[key] = _mean([m[key] for m in modes if m[key]])
+    summary["decidability_first_correct_hist"] = _mean([p["study"]["decidability"]["first_correct_hist"] for p in per])
+    summary["decidability_stable_correct_hist"] = _mean([p["study"]["decidability"]["stable_correct_hist"]
+                                                         for p in per])
     result["summary"] = summary
     figs = {"necessity": plots.plot_necessity(summary["necessity"], out_dir / "latent_cot_necessity.png"),
             "influence": plots.plot_influence(np.array(summary["influence_kl"]), np.array(summary["influence_distance"]),
                                               INFLUENCE_OPERATOR, out_dir / "latent_cot_influence.png")}
-    if summary["output_commitment"] and summary["representational_commitment"]:
-        figs["commitment"] = plots.plot_commitment(summary["output_commitment"], summary["representational_commitment"],
+    if summary["output_commitment"] and summary["representational_commitment_A"]:
+        figs["commitment"] = plots.plot_commitment(summary["output_commitment"],
+                                                   (summary["representational_commitment_A"],
+                                                    summary["representational_commitment_B"]),
                                                    out_dir / "latent_cot_commitment.png")
     result["figures"] = {k: str(v) for k, v in figs.items()}
     result["seconds"] = time.perf_counter() - t0

@@ -138,6 +138,24 @@ class PureNoise(LatentOperator):
         return self.sigma * self.scale / h.shape[-1] ** 0.5 * _noise(h.shape, ctx.step, self.seed, h)
 
 
+class LatentDropout(LatentOperator):
+    """x = dropout_p(h_t) = h_t * m / (1 - p), m_i ~ Bernoulli(1 - p): the latent dropout the reference
+    offers for sampling varied trajectories (J1mL1/causal-latent-cot, ``--latent_dropout``). Seeded
+    by (seed, step), so one trajectory is reproducible."""
+
+    name = "dropout"
+
+    def __init__(self, p: float, seed: int = 0):
+        if not 0 <= p < 1:
+            raise ValueError(f"Dropout rate p must be in [0, 1), got {p}.")
+        self.p, self.seed = float(p), seed
+
+    def __call__(self, h, ctx):
+        gen = torch.Generator().manual_seed(int(self.seed) * 1009 + int(ctx.step))
+        keep = (torch.rand(h.shape, generator=gen) >= self.p).to(h)
+        return h * keep / (1 - self.p)
+
+
 class Swap(LatentOperator):
     """x_b = h_t[pi(b)]; the default pi(b) = b + 1 (mod B) never maps an example to itself."""
 
