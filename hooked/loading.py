@@ -25,7 +25,7 @@ def _dtype(dtype) -> torch.dtype:
 def _from_pretrained(path_or_id: str, dtype, device, device_map, **hf_kwargs):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    kwargs = dict(dtype=dtype, attn_implementation="eager", **hf_kwargs)
+    kwargs = dict(dtype=dtype, **hf_kwargs)  # the model's default attention (SDPA); eager only per call
     if device_map is not None:
         kwargs["device_map"] = device_map  # accelerate places the layers; `device` is then ignored
     model = AutoModelForCausalLM.from_pretrained(path_or_id, **kwargs)
@@ -45,9 +45,9 @@ def _gguf(path: Path, dtype, device):
     cfg = quant.config.to_dict()
     cfg.pop("quantization_config", None)
     config = AutoConfig.for_model(**cfg)
-    config._attn_implementation = "eager"
     clean = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    clean.load_state_dict(quant.state_dict(), strict=False)
+    missing, unexpected = clean.load_state_dict(quant.state_dict(), strict=False)
+    check_state_keys(clean, missing, unexpected, str(path))
     clean.tie_weights()
     return clean.to(device=device, dtype=dtype), tok
 
@@ -94,8 +94,6 @@ def load_model(spec, backend: str = "tl", dtype="float32", device: str | torch.d
     if isinstance(spec, torch.nn.Module):
         if tokenizer is None:
             raise ValueError("Loading a transformers model object needs its tokenizer: load_model(model, tokenizer=tok).")
-        if getattr(spec.config, "_attn_implementation", None) != "eager":
-            spec.config._attn_implementation = "eager"  # attention patterns are only returned by eager attention
         return HookedModel(spec, tokenizer, backend, prepend_bos=prepend_bos, truncate=truncate)
     if not isinstance(spec, (str, os.PathLike)):
         raise TypeError(f"Cannot load a model from {cls_name}; pass a name, a path, a hub id or a model object.")
@@ -127,38 +125,73 @@ def load_model(spec, backend: str = "tl", dtype="float32", device: str | torch.d
     return HookedModel(model, tokenizer or tok, backend, name=spec_s, prepend_bos=prepend_bos, truncate=truncate)
 
 
-TINY_ARCHS = ("llama", "gemma3", "gpt2", "qwen2")
+def check_state_keys(model, missing, unexpected, source: str) -> None:
+    """Raise if loading ``source`` left weights missing or unused (tied weights excepted)."""
+    tied = set()
+    for group in getattr(model, "_tied_weights_keys", None) or []:
+        tied.add(group if isinstance(group, str) else str(group))
+    tied |= set(getattr(model, "all_tied_weights_keys", {}) or {})
+    missing = [k for k in missing if k not in tied and not k.endswith("rotary_emb.inv_freq")]
+    if missing or unexpected:
+        raise ValueError(
+            f"Loading weights from {source}: {len(missing)} missing ({missing[:5]}) and {len(unexpected)} unexpected "
+            f"({list(unexpected)[:5]}) keys. The file does not match the architecture its config names."
+        )
+
+
+# Model types with a tiny random config (tests); the parity tests cover every one on both backends.
+TINY_ARCHS = (
+    "llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "gemma", "gemma2", "gemma3",
+    "phi", "phi3", "gpt2", "gpt_neox", "gptj", "olmo", "olmo2", "olmoe", "granite", "starcoder2", "stablelm",
+    "cohere", "falcon", "smollm3", "glm", "glm4", "granitemoe", "gpt_bigcode", "seed_oss", "olmo3",
+)
+_TINY_ALIASES = {"gemma3": "gemma3_text"}
 
 
 def tiny_config(arch: str, n_layers: int = 3, d_model: int = 64, n_heads: int = 4, n_kv_heads: int = 2,
                 d_mlp: int = 128, vocab_size: int = 49152, max_positions: int = 256):
-    """A small random config of ``arch`` (GQA where the architecture has it)."""
-    from transformers import Gemma3TextConfig, GPT2Config, LlamaConfig, Qwen2Config
+    """A small random config of HF model type ``arch`` (grouped-query attention where the family has it).
 
-    common = dict(vocab_size=vocab_size)
-    if arch == "llama":
-        cfg = LlamaConfig(hidden_size=d_model, intermediate_size=d_mlp, num_hidden_layers=n_layers,
-                          num_attention_heads=n_heads, num_key_value_heads=n_kv_heads,
-                          max_position_embeddings=max_positions, tie_word_embeddings=True, **common)
-        cfg.architectures = ["LlamaForCausalLM"]
-    elif arch == "qwen2":
-        cfg = Qwen2Config(hidden_size=d_model, intermediate_size=d_mlp, num_hidden_layers=n_layers,
-                          num_attention_heads=n_heads, num_key_value_heads=n_kv_heads,
-                          max_position_embeddings=max_positions, **common)
-        cfg.architectures = ["Qwen2ForCausalLM"]
-    elif arch == "gemma3":
-        cfg = Gemma3TextConfig(hidden_size=d_model, intermediate_size=d_mlp, num_hidden_layers=n_layers,
-                               num_attention_heads=n_heads, num_key_value_heads=n_kv_heads,
-                               head_dim=d_model // n_heads, sliding_window=8, max_position_embeddings=max_positions,
-                               layer_types=["sliding_attention"] * (n_layers - 1) + ["full_attention"], **common)
-        cfg.architectures = ["Gemma3ForCausalLM"]
-    elif arch == "gpt2":
-        cfg = GPT2Config(n_embd=d_model, n_layer=n_layers, n_head=n_heads, n_inner=d_mlp,
-                         n_positions=max_positions, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **common)
-        cfg.architectures = ["GPT2LMHeadModel"]
-    else:
+    Sizes are set through each config's own field names (``hidden_size``/``n_embd``/...);
+    MoE families get 4 experts, 2 per token.
+    """
+    from transformers import AutoConfig
+
+    mt = _TINY_ALIASES.get(arch, arch)
+    if arch not in TINY_ARCHS:
         raise ValueError(f"Unknown tiny architecture {arch!r}; choose from {TINY_ARCHS}.")
-    cfg._attn_implementation = "eager"
+    cfg = AutoConfig.for_model(mt)
+    fields = dict(
+        hidden_size=d_model, n_embd=d_model, intermediate_size=d_mlp, n_inner=d_mlp, num_hidden_layers=n_layers,
+        n_layer=n_layers, num_attention_heads=n_heads, n_head=n_heads, num_key_value_heads=n_kv_heads,
+        max_position_embeddings=max_positions, n_positions=max_positions, vocab_size=vocab_size,
+        moe_intermediate_size=d_mlp // 2, shared_expert_intermediate_size=d_mlp, num_experts=4, num_local_experts=4,
+        num_experts_per_tok=2, pad_token_id=0, bos_token_id=1, eos_token_id=2, tie_word_embeddings=True,
+        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, hidden_dropout=0.0, attention_dropout=0.0,
+        rotary_dim=d_model // n_heads // 2, partial_rotary_factor=0.5, sliding_window=8,
+    )
+    if mt == "gemma3_text":
+        fields["layer_types"] = ["sliding_attention"] * (n_layers - 1) + ["full_attention"]
+    if mt in ("gemma", "gemma2", "gemma3_text", "olmo2", "qwen3", "qwen3_moe", "smollm3", "glm4", "olmo3", "seed_oss",
+              "stablelm", "cohere", "granite", "mistral", "mixtral", "llama", "qwen2", "qwen2_moe", "olmo", "olmoe",
+              "granitemoe", "glm", "starcoder2", "phi3"):
+        fields["head_dim"] = d_model // n_heads
+    if mt in ("gpt_neox", "gptj", "phi", "falcon", "gpt2", "gpt_bigcode"):
+        fields["num_key_value_heads"] = n_heads  # multi-head (or the family's own multi-query flag)
+    if mt == "stablelm":
+        fields.pop("partial_rotary_factor")
+    if mt in ("olmo2", "olmo3"):
+        fields["layer_types"] = ["sliding_attention"] * (n_layers - 1) + ["full_attention"] if mt == "olmo3" else None
+    for k, v in fields.items():
+        if v is None or not hasattr(cfg, k):
+            continue
+        try:
+            setattr(cfg, k, v)
+        except (AttributeError, TypeError):  # read-only aliases (e.g. Falcon's head_dim)
+            pass
+    if mt == "mixtral" or mt.endswith("moe"):
+        cfg.output_router_logits = False
+    cfg.architectures = None
     return cfg
 
 
@@ -174,7 +207,7 @@ def tiny_hf_model(arch: str = "llama", seed: int = 0, **cfg_kwargs):
 
 
 def tiny_model(arch: str = "llama", seed: int = 0, backend: str = "tl", **cfg_kwargs) -> HookedModel:
-    """A small random :class:`HookedModel` of ``arch`` (``llama``, ``gemma3``, ``gpt2``, ``qwen2``).
+    """A small random :class:`HookedModel` of HF model type ``arch`` (see :data:`TINY_ARCHS`).
 
     Same ``seed`` -> same weights, whatever the backend, so backends can be compared.
     """

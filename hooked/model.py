@@ -2,17 +2,28 @@
 
 from __future__ import annotations
 
+import copy
 import warnings
 from typing import Iterable, Sequence
 
 import torch
 from tqdm.auto import tqdm
 
+from . import arch as A
 from . import positions as P
 from . import sites as S
 from .activations import ActivationSet, ShardWriter
-from .backends import BACKENDS, PlanItem
+from .backends import BACKENDS, PlanItem, _apply_fns, attn_implementation, structural_copy
 from .context import HookContext, HookFn, HookHandle
+
+
+def _own_tokenizer(tokenizer):
+    """A copy of ``tokenizer`` with a pad token and left padding (the caller's is left as it was)."""
+    tok = copy.deepcopy(tokenizer)
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "left"
+    return tok
 
 
 def _check_prompts(prompts) -> list[str]:
@@ -49,57 +60,105 @@ class HookedModel:
                  truncate: bool = False, remote: bool = False):
         if backend not in BACKENDS:
             raise ValueError(f"Unknown backend {backend!r}; use one of {sorted(BACKENDS)}.")
-        self.arch = S.arch_of(hf_model.config)
-        hf_model.eval()
-        if tokenizer.pad_token_id is None:
-            tokenizer.pad_token = tokenizer.eos_token
-        tokenizer.padding_side = "left"
-        self.tokenizer = tokenizer
         if remote and backend != "nnsight":
             raise ValueError("remote=True (NDIF execution) needs backend='nnsight'.")
-        if backend == "tl":
-            self._backend = BACKENDS["tl"](hf_model, tokenizer, self.arch, bridge=backend_object)
+        self.spec: A.ArchSpec = A.describe(hf_model)
+        self.arch = self.spec.model_type
+        # The caller's model and tokenizer are never changed: hooks run on the backend's
+        # structural copy (shared parameters), plain forwards on another one, and the
+        # tokenizer settings we need (pad token, left padding) live on our own copy.
+        if backend_object is None:
+            plain = structural_copy(hf_model)
+            plain.eval()
         else:
-            self._backend = BACKENDS["nnsight"](hf_model, tokenizer, self.arch, lm=backend_object, remote=remote)
-        self.hf_model = self._backend.hf_model
+            plain = hf_model  # a bridge or LanguageModel the caller built: used as handed over
+        self.hf_model = plain
+        self.tokenizer = _own_tokenizer(tokenizer)
+        if backend == "tl":
+            self._backend = BACKENDS["tl"](plain, self.tokenizer, self.spec, bridge=backend_object)
+        else:
+            self._backend = BACKENDS["nnsight"](plain, self.tokenizer, self.spec, lm=backend_object, remote=remote)
         self.backend = backend
         self.name = name or getattr(hf_model.config, "_name_or_path", "") or self.arch
         self.prepend_bos = prepend_bos
         self.truncate = truncate
-        cfg = self.hf_model.config
-        self.n_layers = cfg.num_hidden_layers if hasattr(cfg, "num_hidden_layers") else cfg.n_layer
-        self.d_model = cfg.hidden_size
-        self.n_heads = cfg.num_attention_heads
-        self.d_head = getattr(cfg, "head_dim", None) or self.d_model // self.n_heads
-        self.d_mlp = getattr(cfg, "intermediate_size", None) or getattr(cfg, "n_inner", None) or 4 * self.d_model
-        self.vocab_size = self.hf_model.get_output_embeddings().weight.shape[0]
+        spec = self.spec
+        self.n_layers = spec.n_layers
+        self.d_model = spec.d_model
+        self.n_heads = spec.n_heads
+        self.n_kv_heads = spec.n_kv_heads
+        self.d_head = spec.d_head
+        self.d_mlp = spec.d_mlp
+        self.vocab_size = spec.vocab_size
+        cfg = plain.config
         self.max_length = max_length or getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
         self._hooks: dict[str, list[HookFn]] = {}
+        A.verify(self)
 
     # ------------------------------------------------------------------ basics
     @property
     def device(self) -> torch.device:
-        return next(self.hf_model.parameters()).device
+        """Where inputs go: the token embedding's execution device (also for offloaded models)."""
+        emb = A.get_module(self.hf_model, self.spec.embed)
+        hook = getattr(emb, "_hf_hook", None)
+        dev = getattr(hook, "execution_device", None)
+        if dev is not None:
+            return torch.device(dev if not isinstance(dev, int) else f"cuda:{dev}")
+        return emb.weight.device
+
+    input_device = device
 
     @property
     def dtype(self) -> torch.dtype:
-        return next(self.hf_model.parameters()).dtype
+        return A.get_module(self.hf_model, self.spec.embed).weight.dtype
+
+    @property
+    def bos_or_pad_id(self) -> int:
+        tok = self.tokenizer
+        return tok.bos_token_id if tok.bos_token_id is not None else tok.pad_token_id
+
+    def module(self, role: str, layer: int | None = None) -> torch.nn.Module:
+        """The plain HF module of a role in :class:`~hooked.arch.ArchSpec` (``"final_norm"``,
+        ``"layer"``, ``"attn"``, ``"mlp"``, ``"o"``, ``"mlp_out"`` ...), on :attr:`hf_model`."""
+        spec = self.spec
+        if role == "layer":
+            path = spec.layer_path(layer)
+        elif role in ("attn", "mlp"):
+            path = spec.layer_path(layer, getattr(spec, role))
+        elif role in ("q", "k", "v", "o", "qkv"):
+            path = spec.attn_path(layer, getattr(spec, role))
+        elif role in ("mlp_in", "mlp_out", "router"):
+            path = spec.mlp_path(layer, getattr(spec, role))
+        elif role in ("ln1", "ln2", "ln1_post", "ln2_post"):
+            path = spec.layer_path(layer, getattr(spec, role))
+        else:
+            path = getattr(spec, role)
+        if path is None or (layer is None and role not in ("embed", "pos_embed", "final_norm", "unembed")):
+            raise ValueError(f"This {self.arch} model has no {role!r} module" + (f" in layer {layer}" if layer is not None else "")
+                             + "; roles are those of hooked.arch.ArchSpec.")
+        return A.get_module(self.hf_model, path)
 
     @property
     def final_norm_module(self) -> torch.nn.Module:
-        return self.hf_model.transformer.ln_f if self.arch == "gpt2" else self.hf_model.model.norm
+        return self.module("final_norm")
 
     def unembed(self, x: torch.Tensor) -> torch.Tensor:
-        """Apply the unembedding (``lm_head``) to ``x`` ``[..., d_model]``."""
-        return self.hf_model.get_output_embeddings()(x)
+        """The model's logits for final-normed residual vectors ``x`` ``[..., d_model]``:
+        the unembedding plus what HF applies after it (Gemma 2 soft-capping, Cohere's
+        logit scale, Granite's logit scaling)."""
+        logits = self.hf_model.get_output_embeddings()(x)
+        return A.finish_logits(self.hf_model.config, logits)
 
     def layer_module(self, layer: int) -> torch.nn.Module:
-        root = self.hf_model.transformer.h if self.arch == "gpt2" else self.hf_model.model.layers
-        return root[layer]
+        return self.module("layer", layer)
+
+    def site_shape(self, site: str) -> tuple[int, ...]:
+        """Per-token shape of ``site`` (e.g. ``(d_model,)``, ``(n_heads, d_head)``)."""
+        return self.spec.site_shape(S.parse(site, self.n_layers).kind)
 
     def sites(self, spec="*") -> list[str]:
         """Concrete site names matching ``spec`` (a name, pattern or list)."""
-        return S.expand(self, spec, self.arch)
+        return S.expand(self, spec)
 
     def __repr__(self) -> str:
         return (
@@ -185,26 +244,40 @@ class HookedModel:
         if prompt_lengths is None:
             prompt_lengths = mask.sum(1)
         hooks = {k: list(v) for k, v in self._hooks.items()}
-        wanted = set(saves) | set(hooks)
-        plan = [PlanItem(S.parse(n), hooks.get(n, []), n in saves) for n in S.expand(self, list(wanted))] if wanted else []
+        logit_fns = hooks.pop("logits", [])
+        site_saves = [n for n in saves if n != "logits"]
+        wanted = set(site_saves) | set(hooks)
+        plan = [PlanItem(S.parse(n), hooks.get(n, []), n in site_saves) for n in S.expand(self, list(wanted))] if wanted else []
         stop_after = None
-        if stop_early and saves and "logits" not in saves:
-            deepest = max((S.parse(n) for n in saves), key=lambda s: s.order_key(self.n_layers))
+        if stop_early and site_saves and "logits" not in saves and not logit_fns:
+            deepest = max((S.parse(n) for n in site_saves), key=lambda s: s.order_key(self.n_layers))
             plan = [p for p in plan if p.site.order_key(self.n_layers) <= deepest.order_key(self.n_layers)]
             stop_after = deepest
 
         def make_ctx(site: S.Site) -> HookContext:
             return HookContext(site.name, site.layer, mask, positions, prompt_lengths, step)
 
-        inputs = {"input_ids": input_ids, "attention_mask": mask, "position_ids": position_ids}
+        inputs = {"input_ids": input_ids.to(self.device), "attention_mask": mask.to(self.device),
+                  "position_ids": position_ids.to(self.device)}
         if past_key_values is not None:
             inputs["past_key_values"] = past_key_values
             inputs["use_cache"] = True
         else:
             inputs["use_cache"] = False
         if not plan:
-            return self.hf_model(**inputs).logits, {}
-        return self._backend.run(inputs, plan, make_ctx, stop_after)
+            logits, saved = self.hf_model(**inputs).logits, {}
+        else:
+            # SDPA (the model's default) unless a pattern is asked for: only eager attention returns it
+            eager = "eager" if any(p.site.kind == "attn.pattern" for p in plan) else None
+            with attn_implementation(self._backend.runtime_model, eager):
+                logits, saved = self._backend.run(inputs, plan, make_ctx, stop_after)
+        if logits is not None and (logit_fns or "logits" in saves):
+            # logits are the model's last output: hooks on them apply to the returned tensor
+            # (after any soft-capping or scaling HF applies past the unembedding)
+            logits = _apply_fns(logits, PlanItem(S.Site("logits"), logit_fns, True), make_ctx)
+            if "logits" in saves:
+                saved["logits"] = logits.detach()
+        return logits, saved
 
     @torch.inference_mode()
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,

@@ -12,10 +12,18 @@ site                meaning                                shape
                     (Gemma's sqrt(d) scale included; GPT-2
                     position embedding *not* included)
 ``resid_pre.L``     residual stream entering block L       [B, T, d_model]
-``attn.pattern.L``  attention probabilities                [B, H, T_q, T_k]
+``attn.q.L``        query projection, per head, before     [B, T, H, d_head]
+                    rotary and q-norm (TL's ``hook_q``)
+``attn.k.L``        key projection, per KV head (GQA:      [B, T, H_kv, d_head]
+                    before the heads are repeated)
+``attn.v.L``        value projection, per KV head          [B, T, H_kv, d_head]
 ``attn.head_out.L`` per-head outputs before o_proj         [B, T, H, d_head]
+``attn.pattern.L``  attention probabilities                [B, H, T_q, T_k]
 ``attn_out.L``      what attention adds to the residual    [B, T, d_model]
 ``resid_mid.L``     residual after attention, before MLP   [B, T, d_model]
+``mlp.router.L``    router logits of a mixture-of-experts  [B, T, n_experts]
+                    layer (read-only: routing is decided
+                    inside the router)
 ``mlp.hidden.L``    input of the FFN down projection       [B, T, d_mlp]
                     (act(gate)*up for gated MLPs): the
                     per-slot memory coefficients
@@ -27,6 +35,13 @@ site                meaning                                shape
 
 ``resid_post.L`` equals HF ``hidden_states[L + 1]`` for ``L < n_layers - 1``; HF's last
 hidden state is already normed and equals ``final_norm``.
+
+Not every family has every kind (the model's :class:`~hooked.arch.ArchSpec` decides, and
+asking for a missing one is an error that says why): parallel blocks (GPT-J, GPT-NeoX,
+Falcon, Phi, Cohere) have no ``resid_mid``; mixture-of-experts layers have ``mlp.router``
+and no ``mlp.hidden``. In post-norm blocks (Gemma 2/3, OLMo 2) ``attn_out``/``mlp_out``
+are what is added to the residual, i.e. after the post-norm; with Granite's residual
+multiplier they include it.
 """
 
 from __future__ import annotations
@@ -35,12 +50,17 @@ import fnmatch
 import re
 from dataclasses import dataclass
 
+# In forward order (the nnsight backend must touch modules in the order they run).
 LAYER_KINDS = (
     "resid_pre",
+    "attn.q",
+    "attn.k",
+    "attn.v",
     "attn.head_out",
     "attn.pattern",
     "attn_out",
     "resid_mid",
+    "mlp.router",
     "mlp.hidden",
     "mlp_out",
     "resid_post",
@@ -104,20 +124,24 @@ def parse(name: str, n_layers: int | None = None) -> Site:
     raise ValueError(f"Unknown site {name!r}; {hint}.")
 
 
-def expand(model_or_n_layers, spec, arch: str | None = None) -> list[str]:
+def expand(model_or_n_layers, spec) -> list[str]:
     """Expand a site spec (a name, a wildcard pattern, or a list of them) to concrete names.
 
     Returned names are unique and in forward order. Patterns use shell wildcards
-    (``resid_post.*``, ``*.3``); a pattern that matches nothing is an error.
+    (``resid_post.*``, ``*.3``); a pattern that matches nothing is an error. Given a
+    model, kinds its architecture lacks are left out of wildcard matches and are an
+    error (saying why) when named.
     """
     n_layers = getattr(model_or_n_layers, "n_layers", model_or_n_layers)
-    arch = arch or getattr(model_or_n_layers, "arch", None)
+    arch = getattr(model_or_n_layers, "spec", None)
     if isinstance(spec, (str, Site)):
         spec = [spec]
     spec = list(spec)
     if not spec:
         raise ValueError("No sites requested; pass e.g. 'resid_post.*' or ['resid_post.3', 'logits'].")
     universe = all_sites(n_layers)
+    if arch is not None:
+        universe = [s for s in universe if arch.missing_site_reason(s.kind) is None]
     out: list[Site] = []
     for item in spec:
         item = item.name if isinstance(item, Site) else item
@@ -129,10 +153,10 @@ def expand(model_or_n_layers, spec, arch: str | None = None) -> list[str]:
         else:
             out.append(parse(item, n_layers))
     if arch is not None:
-        table = ARCH_TABLES[arch]
         for s in out:
-            if s.kind not in table.nnsight:
-                raise ValueError(f"Site {s.name!r} does not exist on architecture {arch!r}.")
+            why = arch.missing_site_reason(s.kind)
+            if why:
+                raise ValueError(f"Site {s.name!r} does not exist on this {arch.model_type} model: {why}.")
     uniq = sorted(set(out), key=lambda s: s.order_key(n_layers))
     return [s.name for s in uniq]
 
@@ -143,126 +167,3 @@ def all_sites(n_layers: int) -> list[Site]:
         sites.extend(Site(k, layer) for k in LAYER_KINDS)
     sites += [Site("final_norm"), Site("logits")]
     return sites
-
-
-# --------------------------------------------------------------------------- tables
-
-
-@dataclass(frozen=True)
-class NNSightRef:
-    """Where a site lives for the nnsight backend: a module path (``{L}`` = layer)
-    and whether it is that module's ``input`` or ``output`` (``index`` picks a tuple
-    element). ``writable`` is False where replacing the value would not reach the
-    residual stream (e.g. a norm's input that HF also keeps as ``residual``)."""
-
-    path: str
-    io: str
-    index: int | None = None
-    writable: bool = True
-    heads: bool = False  # reshape [B,T,H*dh] <-> [B,T,H,dh]
-
-
-@dataclass(frozen=True)
-class ArchTable:
-    arch: str
-    layers_path: str
-    tl: dict[str, str]
-    nnsight: dict[str, NNSightRef]
-
-
-# The TransformerLens 4 bridge uses one hook vocabulary on every architecture.
-_TL = {
-    "embed": "embed.hook_out",
-    "resid_pre": "blocks.{L}.hook_resid_pre",
-    "attn.pattern": "blocks.{L}.attn.hook_pattern",
-    "attn.head_out": "blocks.{L}.attn.hook_z",
-    "attn_out": "blocks.{L}.hook_attn_out",
-    "resid_mid": "blocks.{L}.hook_resid_mid",
-    "mlp.hidden": "blocks.{L}.mlp.out.hook_in",
-    "mlp_out": "blocks.{L}.hook_mlp_out",
-    "resid_post": "blocks.{L}.hook_resid_post",
-    "final_norm": "ln_final.hook_out",
-    "logits": "unembed.hook_out",
-}
-
-
-def _llama_like(arch: str, post_norms: bool = False) -> ArchTable:
-    lay = "model.layers.{L}"
-    nn = {
-        "embed": NNSightRef("model.embed_tokens", "output"),
-        "resid_pre": NNSightRef(lay, "input"),
-        "attn.pattern": NNSightRef(lay + ".self_attn", "output", index=1, writable=False),
-        "attn.head_out": NNSightRef(lay + ".self_attn.o_proj", "input", heads=True),
-        "attn_out": (
-            NNSightRef(lay + ".post_attention_layernorm", "output")
-            if post_norms
-            else NNSightRef(lay + ".self_attn", "output", index=0)
-        ),
-        "resid_mid": NNSightRef(
-            lay + (".pre_feedforward_layernorm" if post_norms else ".post_attention_layernorm"),
-            "input",
-            writable=False,
-        ),
-        "mlp.hidden": NNSightRef(lay + ".mlp.down_proj", "input"),
-        "mlp_out": (
-            NNSightRef(lay + ".post_feedforward_layernorm", "output") if post_norms else NNSightRef(lay + ".mlp", "output")
-        ),
-        "resid_post": NNSightRef(lay, "output"),
-        "final_norm": NNSightRef("model.norm", "output"),
-        "logits": NNSightRef("lm_head", "output"),
-    }
-    return ArchTable(arch, "model.layers", dict(_TL), nn)
-
-
-def _gpt2() -> ArchTable:
-    lay = "transformer.h.{L}"
-    nn = {
-        "embed": NNSightRef("transformer.wte", "output"),
-        "resid_pre": NNSightRef(lay, "input"),
-        "attn.pattern": NNSightRef(lay + ".attn", "output", index=1, writable=False),
-        "attn.head_out": NNSightRef(lay + ".attn.c_proj", "input", heads=True),
-        "attn_out": NNSightRef(lay + ".attn", "output", index=0),
-        "resid_mid": NNSightRef(lay + ".ln_2", "input", writable=False),
-        "mlp.hidden": NNSightRef(lay + ".mlp.c_proj", "input"),
-        "mlp_out": NNSightRef(lay + ".mlp", "output"),
-        "resid_post": NNSightRef(lay, "output"),
-        "final_norm": NNSightRef("transformer.ln_f", "output"),
-        "logits": NNSightRef("lm_head", "output"),
-    }
-    return ArchTable("gpt2", "transformer.h", dict(_TL), nn)
-
-
-ARCH_TABLES: dict[str, ArchTable] = {
-    "llama": _llama_like("llama"),
-    "qwen2": _llama_like("qwen2"),
-    "gemma3": _llama_like("gemma3", post_norms=True),
-    "gpt2": _gpt2(),
-}
-
-# HF ``config.model_type`` -> table name
-MODEL_TYPES = {
-    "llama": "llama",
-    "qwen2": "qwen2",
-    "gemma3_text": "gemma3",
-    "gemma3": "gemma3",
-    "gpt2": "gpt2",
-}
-
-
-def arch_of(config) -> str:
-    mt = getattr(config, "model_type", None)
-    if mt not in MODEL_TYPES:
-        raise ValueError(
-            f"Architecture {mt!r} has no site table yet; supported model types: {sorted(MODEL_TYPES)}. "
-            "Add an ArchTable to hooked.sites.ARCH_TABLES to support it."
-        )
-    return MODEL_TYPES[mt]
-
-
-def tl_hook_name(arch: str, site: Site) -> str:
-    return ARCH_TABLES[arch].tl[site.kind].format(L=site.layer)
-
-
-def nnsight_ref(arch: str, site: Site) -> NNSightRef:
-    ref = ARCH_TABLES[arch].nnsight[site.kind]
-    return NNSightRef(ref.path.format(L=site.layer), ref.io, ref.index, ref.writable, ref.heads)
