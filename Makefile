@@ -32,8 +32,9 @@ demo-quick: setup
 test: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -x --durations=15
 
+# unit + parity tests only (a few minutes): no real weights, no notebooks, no demo
 test-fast: setup
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not acceptance"
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not acceptance and not notebook and not demo"
 
 bench: setup
 	$(BIN)/python bench/capture.py

@@ -6,7 +6,7 @@ import pytest
 
 from analyses.demo import STAGES, run_demo
 
-pytestmark = pytest.mark.acceptance
+pytestmark = [pytest.mark.acceptance, pytest.mark.demo]
 
 
 def test_quick_demo_writes_a_complete_report(tmp_path):

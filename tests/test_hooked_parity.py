@@ -7,6 +7,8 @@ import hooked
 from conftest import FP32_ATOL
 from hf_reference import reference_sites
 
+pytestmark = pytest.mark.parity
+
 PROMPTS = ["The capital of France is", "Hi", "One two three four five six seven"]
 
 
