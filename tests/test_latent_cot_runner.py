@@ -205,3 +205,26 @@ def test_model_without_thought_tokens_is_rejected():
         LatentRunner(_llama(), tokenizer=Tok())
     with pytest.raises(ValueError, match="No bot_id given and no tokenizer"):
         LatentRunner(_llama())
+
+
+@torch.no_grad()
+def test_batched_readouts_equal_rerunning_from_the_start(runner, batch):
+    """One read-out pass over all steps (block mask over the shared cache) gives the read-outs of
+    closing the thought after n latents and re-running, within fp32 rounding, for the rollout and
+    for every row group of the prefix-reuse sweep."""
+    q, mask, ans = batch
+    seq = runner.rollout(q, mask, n_latents=K, answer_ids=ans, batched_readout=False)
+    fast = runner.rollout(q, mask, n_latents=K, answer_ids=ans)
+    assert (fast.readout_logits - seq.readout_logits).abs().max() < 1e-4
+    assert (fast.answer_logp - seq.answer_logp).abs().max() < 1e-4
+    for n in range(K + 1):     # and each equals an early exit after n steps run on its own
+        alone = runner.rollout(q, mask, n_latents=K, answer_ids=ans, exit_after=n - 1) if n else None
+        if alone is not None:
+            assert (alone.readout_logits[:, -1] - fast.readout_logits[:, n]).abs().max() < 1e-4
+    op = Zero()
+    sweep = sweep_steps(runner, q, mask, n_latents=K, operator=op, answer_ids=ans)
+    ref = sweep_steps(runner, q, mask, n_latents=K, operator=op, answer_ids=ans, reuse_prefix=False,
+                      batched_readout=False)
+    for f, s in zip(sweep.intervened, ref.intervened):
+        assert (f.readout_logits - s.readout_logits).abs().max() < 1e-4
+        assert (f.answer_logp - s.answer_logp).abs().max() < 1e-4

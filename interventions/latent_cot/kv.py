@@ -43,3 +43,19 @@ def append_rows(cache, rows: torch.Tensor) -> None:
             continue
         layer.keys = torch.cat([layer.keys, layer.keys[rows]], dim=0)
         layer.values = torch.cat([layer.values, layer.values[rows]], dim=0)
+
+
+def repeat_rows(cache, times: int):
+    """A new cache whose batch is ``times`` copies of ``cache``'s rows (copy g holds rows g*B..g*B+B-1);
+    the original is left untouched."""
+    import copy
+
+    out = copy.copy(cache)
+    out.layers = []
+    for layer in _layers(cache):
+        new = copy.copy(layer)
+        if getattr(layer, "keys", None) is not None and layer.keys.numel() > 0:
+            new.keys = layer.keys.repeat(times, 1, 1, 1)
+            new.values = layer.values.repeat(times, 1, 1, 1)
+        out.layers.append(new)
+    return out

@@ -226,6 +226,33 @@ class LatentRunner:
         first, logp = self._readout(logits, answer_ids, answer_mask)
         return hidden, first, logp
 
+    def _batched_readouts(self, state: _State, n_latents: int, answer_ids, answer_mask):
+        """Read the answer out after every n = 0..K latents in ONE forward over the shared KV cache.
+
+        Rows are repeated K+1 times (group n = read-out after n latents); the tail (<eot>, answer
+        prefix, teacher-forced answer) of group n attends to the question, <bot> and slots 0..n-1
+        only: a 2-D attention mask zeroes the later latent slots, so masked keys get exactly zero
+        attention weight, and its position ids continue from slot n. That is the same computation
+        as closing the thought after n latents, up to float summation order.
+        Returns first-token logits [R, K+1, V] and teacher-forced log p [R, K+1] (or None)."""
+        R, P = state.mask.shape
+        G, L = n_latents + 1, state.tail_emb.shape[1]
+        first_slot = P - n_latents
+        mask = state.mask.repeat(G, 1)                                          # [G*R, P], group-major
+        n_of_row = torch.arange(G, device=mask.device).repeat_interleave(R)
+        slot = torch.arange(P, device=mask.device) - first_slot                 # latent slot index of a column
+        mask = mask * ~((slot[None, :] >= 0) & (slot[None, :] >= n_of_row[:, None]))
+        mask = torch.cat([mask, torch.ones(G * R, L, dtype=mask.dtype, device=mask.device)], 1)
+        pos0 = state.next_pos - n_latents                                        # position of slot 0
+        pos = (pos0.repeat(G) + n_of_row)[:, None] + torch.arange(L, device=mask.device)
+        cache = kv.repeat_rows(state.cache, G)
+        _, logits = self._forward(state.tail_emb.repeat(G, 1, 1), mask, pos, cache)
+        a_ids = None if answer_ids is None else answer_ids.repeat(G, 1)
+        a_mask = None if answer_mask is None else answer_mask.repeat(G, 1)
+        first, logp = self._readout(logits, a_ids, a_mask)
+        first = first.view(G, R, -1).transpose(0, 1)
+        return first, None if logp is None else logp.view(G, R).T
+
     def apply(self, intervention: Intervention, h: torch.Tensor, ctx: StepContext) -> torch.Tensor:
         """Call an intervention on ``h`` [B, d] and check what it returns (None = unchanged)."""
         out = intervention(h, ctx)
@@ -256,7 +283,7 @@ class LatentRunner:
     def rollout(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *, n_latents: int,
                 answer_ids: torch.Tensor | None = None, answer_mask: torch.Tensor | None = None,
                 interventions: Mapping[int, Intervention] | None = None, exit_after: int | None = None,
-                use_cache: bool = True, readout: str = "all") -> LatentRollout:
+                use_cache: bool = True, readout: str = "all", batched_readout: bool = False) -> LatentRollout:
         """Roll out ``n_latents`` latent steps after ``input_ids`` (the question, left-padded, without ``<bot>``).
 
         interventions: {step t: fn(h_t [B, d], StepContext) -> replacement or None}, applied before h_t is fed.
@@ -264,6 +291,9 @@ class LatentRunner:
         use_cache:    False re-runs the whole sequence at every step (the reference for the cached loop).
         readout:      "all" reads the answer out after every number of steps; "final" only after the last
                       step (1-token passes in between; the other read-outs are NaN).
+        batched_readout: with readout="all" and the cache, run 1-token latent passes and read out after
+                      every n in one forward at the end (`_batched_readouts`; same numbers within fp32
+                      rounding). Off by default: on CPU it is not faster yet (see bench/latent_cot.py).
         """
         interventions = dict(interventions or {})
         self.check_steps(interventions, n_latents)
@@ -271,8 +301,9 @@ class LatentRunner:
         input_ids, mask, tail_ids, answer_ids, answer_mask = self._prepare(
             input_ids, attention_mask, answer_ids, answer_mask, n_latents)
         every = self.check_readout(readout)
+        batched = every and use_cache and batched_readout
         state, hidden, first, logp = self._prefill(input_ids, mask, tail_ids, answer_ids, answer_mask, use_cache,
-                                                   every)
+                                                   every and not batched)
         ids = torch.arange(input_ids.shape[0], device=input_ids.device)
         fed_list, pre_list, hid_list, reads, logps = [], [], [], [first], [logp]
         for t in range(n_run):
@@ -281,9 +312,14 @@ class LatentRunner:
             hid_list.append(hidden)
             pre_list.append(h)
             fed_list.append(fed)
-            hidden, first, logp = self._step(state, fed, answer_ids, answer_mask, every or t == n_run - 1)
+            hidden, first, logp = self._step(state, fed, answer_ids, answer_mask,
+                                             (every and not batched) or (t == n_run - 1 and not batched))
             reads.append(first)
             logps.append(logp)
+        if batched:
+            first, logp = self._batched_readouts(state, n_run, answer_ids, answer_mask)
+            return LatentRollout(torch.stack(fed_list, 1), torch.stack(pre_list, 1), torch.stack(hid_list, 1),
+                                 first, logp)
         return LatentRollout(torch.stack(fed_list, 1), torch.stack(pre_list, 1), torch.stack(hid_list, 1),
                              torch.stack(reads, 1), None if answer_ids is None else torch.stack(logps, 1))
 
