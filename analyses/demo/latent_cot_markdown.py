@@ -31,15 +31,24 @@ def latent_cot_markdown(numbers: dict) -> str:
         lines.append(f"| {op} | {_row(v['d_acc'])} |")
     lines += ["", f"Early decidability: accuracy when the thought is closed after n = 0..{k} steps: "
               f"{_row(s['acc_after_n_steps'], 2)}; logit lens of h_t names the explicit step it replaces: "
-              f"{_row(s['logit_lens_acc'], 3)}.\n",
+              f"{_row(s['logit_lens_acc'], 3)}. First early exit that is correct (share of questions, n = 0..{k}): "
+              f"{_row(s.get('decidability_first_correct_hist', []), 2)}; correct from n on: "
+              f"{_row(s.get('decidability_stable_correct_hist', []), 2)}.\n",
               "Influence (step-mean operator at step i, KL of the answer read-out at step j > i):\n",
               "| i \\ j | " + " | ".join(str(j) for j in range(k)) + " |", "|---|" + "---|" * k]
     for i, row in enumerate(s["influence_kl"]):
         lines.append(f"| {i} | {_row(row, 2)} |")
     lines += ["", f"Locality (share of influence on t→t+1 edges): {s['locality_kl']:.2f} by KL, "
-              f"{s['locality_distance']:.2f} by distance of h_j. Output commitment per early exit: "
-              f"{_row(s['output_commitment'], 2)}; representational commitment per step: "
-              f"{_row(s['representational_commitment'], 2)}.\n"]
+              f"{s['locality_distance']:.2f} by distance of h_j (node j read after j latents).\n"]
+    n_q = s.get("answer_modes_n_questions", [])
+    if s.get("output_commitment"):
+        lines += [f"Answer-mode competition ({n_q} two-way questions per seed): output commitment per early exit "
+                  f"{_row(s['output_commitment'], 2)}; per-question probe p_A(t) on A-trajectories "
+                  f"{_row(s.get('representational_commitment_A', []), 2)}, on B-trajectories "
+                  f"{_row(s.get('representational_commitment_B', []), 2)}.\n"]
+    else:
+        lines += [f"Answer-mode competition: no question qualifies (top two sampled answers covering >= 90 % with "
+                  f"B/(A+B) in (0.3, 0.7); {n_q} per seed), so no commitment curve is reported.\n"]
     for fig in ("latent_cot_necessity.png", "latent_cot_influence.png", "latent_cot_commitment.png"):
         lines.append(f"![{fig}](latent_cot/{fig})")
     return "\n".join(lines)
