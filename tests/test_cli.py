@@ -1,11 +1,13 @@
 """The CLI on a tiny model saved to disk: exit codes, files written, JSON fields, one-line errors."""
 
+import argparse
 import json
 
 import pytest
 
 import hooked
-from analyses.cli import main
+from analyses.cli import build_parser, main
+from analyses.cli.capture import cmd_models
 
 
 @pytest.fixture(scope="module")
@@ -21,6 +23,20 @@ def test_models_lists_packaged(capsys):
     assert main(["models", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert {r["name"] for r in rows} == set(hooked.PACKAGED)
+
+
+def test_every_subcommand_is_a_top_level_cmd_function():
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    funcs = {name: p.get_default("func") for name, p in sub.choices.items()}
+    assert set(funcs) == {"models", "capture", "entropy", "probe", "steer", "patch", "latent-cot", "dpo-shift", "demo"}
+    for name, fn in funcs.items():
+        assert fn.__name__ == "cmd_" + name.replace("-", "_") and fn.__qualname__ == fn.__name__, name
+        assert fn.__module__.startswith("analyses.cli.")
+
+
+def test_a_cmd_function_runs_without_the_parser(capsys):
+    assert cmd_models(argparse.Namespace(json=True)) == 0
+    assert {r["name"] for r in json.loads(capsys.readouterr().out)} == set(hooked.PACKAGED)
 
 
 def test_capture_writes_activations(tiny_dir, tmp_path):
