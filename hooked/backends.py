@@ -23,7 +23,7 @@ from typing import Callable
 import torch
 
 from . import sites as S
-from .arch import ArchSpec
+from .arch import ArchSpec, get_module
 
 
 class _StopForward(Exception):
@@ -109,7 +109,9 @@ _TL_HOOKS = {
     "attn.pattern": "blocks.{L}.attn.hook_pattern",
     "attn_out": "blocks.{L}.hook_attn_out",
     "resid_mid": "blocks.{L}.hook_resid_mid",
-    "mlp.router": "blocks.{L}.mlp.gate.hook_out",
+    # router logits are computed from the router's input: TL's gate.hook_out is not the logits on
+    # every family (GraniteMoE's fires on the expert indices)
+    "mlp.router": "blocks.{L}.mlp.gate.hook_in",
     "mlp.hidden": "blocks.{L}.mlp.out.hook_in",
     "mlp_out": "blocks.{L}.hook_mlp_out",
     "resid_post": "blocks.{L}.hook_resid_post",
@@ -150,6 +152,7 @@ class TLBackend:
                                                   model_name=getattr(hf_model.config, "_name_or_path", "") or "model")
         self.bridge = bridge
         self.runtime_model = bridge.original_model
+        self.plain_model = hf_model
         self.spec = spec
 
     def writable(self, site: S.Site) -> bool:
@@ -166,9 +169,9 @@ class TLBackend:
 
             def hook(x, hook=None, item=item, router=router):
                 if router:
-                    if not isinstance(x, torch.Tensor):
-                        x = x[0]
-                    value = x.reshape(b, t, -1)
+                    gate = get_module(self.plain_model, self.spec.mlp_path(item.site.layer, self.spec.router))
+                    value = torch.nn.functional.linear(x, gate.weight, getattr(gate, "bias", None))
+                    value = value.reshape(b, t, -1)
                     _apply_fns(value, item, make_ctx, False, _ROUTER_READ_ONLY)
                 else:
                     value = x = _apply_fns(x, item, make_ctx)

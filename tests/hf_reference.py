@@ -42,11 +42,14 @@ def reference_sites(model, input_ids, attention_mask, layer):
         hooks.append(attn.register_forward_hook(out("attn_out", 0)))
         hooks.append(lay.mlp.register_forward_hook(out("mlp_out")))
     pos = (attention_mask.cumsum(-1) - 1).masked_fill(attention_mask == 0, 1)
+    old_attn = model.config._attn_implementation
+    model.config._attn_implementation = "eager"  # only eager attention returns the pattern
     try:
         with torch.no_grad():
             o = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=pos,
                       output_hidden_states=True, output_attentions=True, use_cache=False)
     finally:
+        model.config._attn_implementation = old_attn
         for h in hooks:
             h.remove()
     rp = caps["resid_post"]

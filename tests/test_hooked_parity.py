@@ -1,4 +1,7 @@
-"""TL backend == nnsight backend == plain HF, for every tiny architecture and every site."""
+"""TL backend == nnsight backend == plain HF on four families, against hand-written HF references.
+
+(Every other family is covered by tests/test_arch_families.py; this file keeps a reference
+that does not use policylens' architecture descriptions at all.)"""
 
 import pytest
 import torch
@@ -12,7 +15,7 @@ pytestmark = pytest.mark.parity
 PROMPTS = ["The capital of France is", "Hi", "One two three four five six seven"]
 
 
-@pytest.fixture(scope="module", params=hooked.TINY_ARCHS)
+@pytest.fixture(scope="module", params=["llama", "gemma3", "gpt2", "qwen2"])
 def trio(request):
     arch = request.param
     ref, _ = hooked.tiny_hf_model(arch, seed=1)
@@ -23,7 +26,8 @@ def trio(request):
 def test_every_site_matches_hf_one_by_one(trio, layer):
     """A left-padded batch captured with positions='all' equals plain HF run on each prompt alone."""
     arch, ref, tl, nn = trio
-    sites = [s for s in tl.sites("*") if s.endswith(f".{layer}") or "." not in s]
+    sites = [s for s in tl.sites("*") if (s.endswith(f".{layer}") or "." not in s) and not s.startswith("attn.q")
+             and not s.startswith("attn.k") and not s.startswith("attn.v")]
     got = {b.backend: b.capture(PROMPTS, sites, positions="all") for b in (tl, nn)}
     for p_idx, prompt in enumerate(PROMPTS):
         enc = tl.tokenize([prompt])
