@@ -124,14 +124,13 @@ def _eval_loss(model, tok, sentences, batch_size=64):
 
 
 def _copy_weights(src, hooked_model):
-    """Load ``src``'s weights into a HookedModel built on a twin model (bridge names stripped)."""
+    """Load ``src``'s weights into a HookedModel built on a twin model (same parameter names)."""
     src_params = dict(src.named_parameters())
     with torch.no_grad():
         matched = 0
         for name, p in hooked_model.hf_model.named_parameters():
-            key = name.replace("._original_component", "").replace("_original_component.", "")
-            if key in src_params:
-                p.copy_(src_params[key])
+            if name in src_params:
+                p.copy_(src_params[name])
                 matched += 1
     if matched != len(src_params):
         raise RuntimeError(f"Copied {matched} of {len(src_params)} parameters into the hooked model.")

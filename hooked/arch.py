@@ -181,31 +181,25 @@ class ArchSpec:
                     out.append((mod.bias, "rows"))
         return out
 
-    def ffn_inputs(self, model: torch.nn.Module, layer: int) -> list[tuple[torch.nn.Parameter, int]]:
-        """``[(param, axis)]`` whose slice ``i`` along ``axis`` scales FFN memory slot ``i`` of ``layer``.
+    def ffn_inputs(self, model: torch.nn.Module, layer: int) -> list[tuple[torch.nn.Parameter, int, int]]:
+        """``[(param, axis, offset)]``: slice ``offset + i`` of ``param`` along ``axis`` scales FFN memory slot
+        ``i`` of ``layer`` (Kim et al. 2024, arXiv 2410.01380, Algorithm 1).
 
-        Gated MLPs: the rows of the up projection (act(gate)*up is linear in them). A fused
-        gate_up projection (Phi-3, GLM): its second half of rows. Plain MLPs: the FFN input
-        rows (and bias), as in Kim et al.'s Algorithm 1.
+        Gated MLPs: the rows of the up projection (act(gate)*up is linear in them); a fused
+        ``gate_up_proj`` (Phi-3, GLM) holds [gate; up], so its up rows start at ``d_mlp``.
+        Plain MLPs: the FFN input rows and their bias, as in the paper's Algorithm 1.
         """
         if self.moe:
             raise ValueError(f"{self.model_type} layers are mixtures of experts; FFN memory slots are per expert, "
                              "so resuscitation is not defined for them.")
         mod = get_module(model, self.mlp_path(layer, self.mlp_in))
         axis = 1 if _layout(mod) == "rows" else 0
-        if self.mlp_gate == "gate_up":  # fused [gate; up] rows
-            return [(_HalfView(mod.weight, axis), axis)]
-        out = [(mod.weight, axis)]
+        if self.mlp_gate == "gate_up":
+            return [(mod.weight, axis, self.d_mlp)]
+        out = [(mod.weight, axis, 0)]
         if self.mlp_gate is None and getattr(mod, "bias", None) is not None:
-            out.append((mod.bias, 0))
+            out.append((mod.bias, 0, 0))
         return out
-
-
-class _HalfView:
-    """Marker for the 'up' half of a fused gate_up weight (see :meth:`ArchSpec.ffn_inputs`)."""
-
-    def __init__(self, weight, axis):
-        self.weight, self.axis = weight, axis
 
 
 def _in_features(mod: torch.nn.Module) -> int:
@@ -222,6 +216,22 @@ def get_module(root: torch.nn.Module, path: str) -> torch.nn.Module:
     mod = root
     for part in path.split("."):
         mod = mod[int(part)] if part.isdigit() else getattr(mod, part)
+    return mod
+
+
+def get_module_through_wrappers(root: torch.nn.Module, path: str) -> torch.nn.Module:
+    """Like :func:`get_module`, stepping into TransformerLens bridge wrappers where a name is missing."""
+    mod = root
+    for part in path.split("."):
+        while True:
+            try:
+                mod = mod[int(part)] if part.isdigit() else getattr(mod, part)
+                break
+            except (AttributeError, TypeError, IndexError):
+                inner = getattr(mod, "_original_component", None)
+                if inner is None:
+                    raise
+                mod = inner
     return mod
 
 

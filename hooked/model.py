@@ -17,6 +17,12 @@ from .backends import BACKENDS, PlanItem, _apply_fns, attn_implementation, struc
 from .context import HookContext, HookFn, HookHandle
 
 
+def _unwrap(module):
+    while hasattr(module, "_original_component"):
+        module = module._original_component
+    return module
+
+
 def _own_tokenizer(tokenizer):
     """A copy of ``tokenizer`` with a pad token and left padding (the caller's is left as it was)."""
     tok = copy.deepcopy(tokenizer)
@@ -138,6 +144,16 @@ class HookedModel:
                              + "; roles are those of hooked.arch.ArchSpec.")
         return A.get_module(self.hf_model, path)
 
+    def module_copies(self, path: str) -> list[torch.nn.Module]:
+        """The module at ``path`` (an :class:`~hooked.arch.ArchSpec` path) in every module tree this
+        model runs: the plain copy and the backend's copy (bridge wrappers unwrapped). They share
+        parameters, so an in-place weight edit needs none of this; re-binding a parameter
+        (e.g. untying ``lm_head``) must be done on each copy."""
+        trees = [self.hf_model]
+        if self._backend.runtime_model is not self.hf_model:
+            trees.append(self._backend.runtime_model)
+        return [_unwrap(A.get_module_through_wrappers(t, path)) for t in trees]
+
     @property
     def final_norm_module(self) -> torch.nn.Module:
         return self.module("final_norm")
@@ -228,6 +244,15 @@ class HookedModel:
     @property
     def active_hooks(self) -> dict[str, int]:
         return {k: len(v) for k, v in self._hooks.items()}
+
+    def require_no_hooks(self, what: str) -> None:
+        """Raise if hooks are active: for code that must run the plain model (``what`` names it)."""
+        if self._hooks:
+            raise RuntimeError(
+                f"{what} runs the plain transformers model and would ignore the active hooks at "
+                f"{sorted(self._hooks)}; remove them first (leave the `with model.hooks(...)` block or call "
+                "handle.remove()), or use an entry point that applies hooks (forward, capture, generate, logits)."
+            )
 
     def reset_hooks(self) -> None:
         self._hooks.clear()

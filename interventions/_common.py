@@ -10,6 +10,9 @@ from hooked import sites as _sites
 STEERABLE_KINDS = (
     "embed",
     "resid_pre",
+    "attn.q",
+    "attn.k",
+    "attn.v",
     "attn.head_out",
     "attn_out",
     "resid_mid",
@@ -18,16 +21,6 @@ STEERABLE_KINDS = (
     "resid_post",
     "final_norm",
 )
-
-
-def site_shape(model, site: str) -> tuple[int, ...]:
-    """Per-token shape of a steerable site on ``model`` (e.g. ``(d_model,)``)."""
-    s = _sites.parse(site, model.n_layers)
-    if s.kind == "mlp.hidden":
-        return (model.d_mlp,)
-    if s.kind == "attn.head_out":
-        return (model.n_heads, model.d_head)
-    return (model.d_model,)
 
 
 def check_writable_site(model, site: str) -> str:

@@ -15,9 +15,10 @@ so the residual stream never carries ``u``. Two equivalent forms:
 * :func:`orthogonalize_weights` -- the weight edit of Arditi et al.: every matrix
   writing to the residual stream is projected, ``W_out' = (I - u u^T) W_out``
   (token/position embeddings, attention output projections, MLP down projections
-  and their biases). Returns a handle that restores the original weights exactly.
-  Not available for Gemma 3: its post-attention/post-feedforward RMSNorms rescale
-  each channel after the output projections, so a weight edit cannot remove ``u``.
+  and their biases: :meth:`hooked.arch.ArchSpec.residual_writers`). Returns a handle
+  that restores the original weights exactly. Not available where a norm sits between
+  the writer and the residual add (Gemma 2/3, OLMo 2 post-norms) or on mixtures of
+  experts: a weight edit cannot remove ``u`` there.
 """
 
 from __future__ import annotations
@@ -66,48 +67,6 @@ def ablate_direction(model, direction, positions="all"):
     return attach(model, {s: u for s in ablation_sites(model)}, multiplier=1.0, positions=positions, operator="ablate")
 
 
-def _real(module):
-    while hasattr(module, "_original_component"):
-        module = module._original_component
-    return module
-
-
-def _writers(model):
-    """``(parameter, kind)`` for every weight writing to the residual stream.
-
-    kind: ``"rows"`` -- rows are residual vectors (embeddings ``[V, d]``, GPT-2
-    Conv1D ``[in, d]`` weights, biases ``[d]``); ``"cols"`` -- columns are (nn.Linear
-    ``[d, in]`` weights).
-    """
-    hf = model.hf_model
-    out = []
-    if model.arch == "gpt2":
-        tr = _real(hf.transformer)
-        out += [(_real(tr.wte).weight, "rows"), (_real(tr.wpe).weight, "rows")]
-        for layer in range(model.n_layers):
-            block = _real(tr.h[layer])
-            for proj in (_real(_real(block.attn).c_proj), _real(_real(block.mlp).c_proj)):
-                out.append((proj.weight, "rows"))
-                if proj.bias is not None:
-                    out.append((proj.bias, "rows"))
-        return out
-    if model.arch == "gemma3":
-        raise ValueError(
-            "Weight orthogonalisation is not equivalent on Gemma 3: its post-attention and post-feedforward "
-            "RMSNorms rescale each channel after o_proj/down_proj, so projecting those weights does not remove the "
-            "direction. Use ablate_direction(model, r) (hooks), which is exact on every architecture."
-        )
-    inner = _real(_real(hf).model)
-    out.append((_real(inner.embed_tokens).weight, "rows"))
-    for layer in range(model.n_layers):
-        block = _real(inner.layers[layer])
-        for proj in (_real(_real(block.self_attn).o_proj), _real(_real(block.mlp).down_proj)):
-            out.append((proj.weight, "cols"))
-            if getattr(proj, "bias", None) is not None:
-                out.append((proj.bias, "rows"))
-    return out
-
-
 class WeightEdit:
     """Handle of :func:`orthogonalize_weights`; ``.remove()`` (or leaving ``with``) restores the weights."""
 
@@ -145,15 +104,17 @@ def orthogonalize_weights(model, direction) -> WeightEdit:
     (the unembedding is not a residual write). Returns a :class:`WeightEdit`.
     """
     u = _direction(model, direction)
-    writers = _writers(model)
-    hf = _real(model.hf_model)
+    spec = model.spec
+    writers = spec.residual_writers(model.hf_model)  # raises where a weight edit cannot be exact
     untied = []
-    emb = hf.get_input_embeddings()
-    head = _real(hf.get_output_embeddings())
-    if head is not None and _real(emb).weight is head.weight:
-        original = head.weight
-        head.weight = torch.nn.Parameter(original.detach().clone(), requires_grad=original.requires_grad)
-        untied.append((head, "weight", original))
+    emb = model.module("embed")
+    heads = model.module_copies(spec.unembed)
+    if heads[0].weight is emb.weight:
+        original = heads[0].weight
+        fresh = torch.nn.Parameter(original.detach().clone(), requires_grad=original.requires_grad)
+        for head in heads:  # every module tree the model runs holds its own lm_head module
+            head.weight = fresh
+            untied.append((head, "weight", original))
     saved = []
     try:
         for p, kind in writers:

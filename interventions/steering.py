@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 from hooked.version import library_version
 
 from . import operators as ops
-from ._common import check_writable_site, site_shape
+from ._common import check_writable_site
 
 _WEIGHTS = "steering.safetensors"
 _META = "steering.json"
@@ -254,7 +254,7 @@ def attach(model, vectors: Mapping[str, torch.Tensor], multiplier=1.0, positions
     hooks = {}
     for site, v in vectors.items():
         name = check_writable_site(model, site)
-        expected = site_shape(model, name)
+        expected = model.site_shape(name)
         if tuple(v.shape) != expected:
             raise ValueError(
                 f"The vector for {name!r} has shape {tuple(v.shape)} but that site has per-token shape {expected} "

@@ -105,6 +105,11 @@ def knowledge_entropy(model, texts, batch_size: int = 8, progress=None) -> Knowl
     sum is kept); padding is excluded with the hook context's padding mask. Returns
     :class:`KnowledgeEntropy` with ``per_layer``, ``total`` (sum over layers) and ``coefficients``.
     """
+    if getattr(model, "spec", None) is not None and model.spec.moe:
+        raise ValueError(
+            f"Knowledge entropy (Kim et al. 2024) is defined over the dense FFN memory coefficients of each layer; "
+            f"this {model.arch} model routes each token to a few experts, so no layer has one coefficient vector per "
+            "token. Use a dense model (no per-expert variant is implemented).")
     texts = _check_texts(texts)
     acc = CoefficientAccumulator(model.n_layers, model.d_mlp)
 

@@ -99,8 +99,7 @@ def logit_lens(model, prompts, positions="last", norm: bool = True, batch_size: 
                          sites=sites + ["logits"], positions=positions, batch_size=batch_size,
                          progress=progress)
     hidden = torch.stack([acts[s] for s in sites])
-    cap = getattr(model.hf_model.config, "final_logit_softcapping", None)
-    with torch.inference_mode():
+    with torch.inference_mode():  # model.unembed applies the family's soft-capping / logit scaling itself
         return lens_from_hidden(hidden, model.unembed, acts["logits"],
-                                model.final_norm_module if norm else None, softcap=cap,
+                                model.final_norm_module if norm else None,
                                 keep_log_probs=keep_log_probs, sites=sites)

@@ -5,12 +5,13 @@ c^l_i <= quantile_p(c^l) have their input weights multiplied by
 
     r_i = q * mean_j(c^l_j) / c^l_i
 
-For gated MLPs (Llama, Qwen2, Gemma3) the scaled weights are the rows of ``up_proj``; the
+For gated MLPs (Llama, Qwen2, Gemma3, ...) the scaled weights are the rows of ``up_proj``; the
 coefficient act(gate) * up is linear in them, so on the measured texts the selected slots' mean
 coefficient becomes exactly q * mean(c^l) in a layer whose inputs are unchanged (the first modified
-layer), and approximately so further up. For non-gated MLPs (GPT-2) the FFN input row (column i of
-``c_fc``'s Conv1D weight, and its bias) is scaled, as in the paper's Algorithm 1; the nonlinearity
-then makes the effect on the coefficient approximate.
+layer), and approximately so further up. For non-gated MLPs (GPT-2, Pythia, ...) the FFN input row
+(column i of GPT-2's Conv1D ``c_fc`` weight, and its bias) is scaled, as in the paper's Algorithm 1;
+the nonlinearity then makes the effect on the coefficient approximate. Which parameters these are
+comes from the model's :meth:`hooked.arch.ArchSpec.ffn_inputs`.
 
 The model is modified in place, but only through the returned :class:`Resuscitation` handle,
 which restores the original weights on ``.remove()`` or when its ``with`` block ends.
@@ -22,28 +23,9 @@ import torch
 from .entropy import KnowledgeEntropy, knowledge_entropy
 
 
-def _weight(module, name="weight"):
-    for n, p in module.named_parameters():
-        if n.split(".")[-1] == name:
-            return p
-    return None
-
-
 def ffn_input_params(model, layer: int):
-    """``[(param, axis)]`` whose slice ``i`` along ``axis`` feeds memory slot i of ``layer``."""
-    mlp = model.layer_module(layer).mlp
-    if model.arch == "gpt2":
-        fc = mlp.c_fc
-        out = [(_weight(fc), 1)]               # Conv1D weight is [in, out]
-        bias = _weight(fc, "bias")
-        if bias is not None:
-            out.append((bias, 0))
-        return out
-    up = getattr(mlp, "up_proj", None)
-    if up is None:
-        raise ValueError(f"Layer {layer} of this {model.arch} model has no up_proj; resuscitation "
-                         "supports gated MLPs (llama, qwen2, gemma3) and GPT-2.")
-    return [(_weight(up), 0)]
+    """``[(param, axis, offset)]`` whose slice ``offset + i`` along ``axis`` feeds memory slot i of ``layer``."""
+    return model.spec.ffn_inputs(model.hf_model, layer)
 
 
 class Resuscitation:
@@ -110,8 +92,8 @@ def resuscitate(model, texts=None, *, coefficients=None, p: float = 0.5, q: floa
             idx = torch.nonzero(cl <= thresh).flatten()
             r = q * cl.mean() / cl[idx].clamp_min(1e-12)
             selected[layer], ratios[layer] = idx, r.float()
-            for param, axis in ffn_input_params(model, layer):
-                index = idx.to(param.device)
+            for param, axis, offset in ffn_input_params(model, layer):
+                index = idx.to(param.device) + offset
                 orig = param.index_select(axis, index).clone()
                 shape = [1] * param.dim()
                 shape[axis] = len(idx)

@@ -2,8 +2,6 @@
 direction from the residual stream at every layer, and weight orthogonalisation gives
 the same logits; restoring the weights is exact."""
 
-from types import SimpleNamespace
-
 import pytest
 import torch
 
@@ -19,13 +17,15 @@ def _logits(model):
     return model.forward(enc["input_ids"], enc["attention_mask"])[enc["attention_mask"].bool()]
 
 
-@pytest.mark.parametrize("arch", ["llama", "gpt2"])
-def test_hooks_and_weights_agree(arch):
-    model = hooked.tiny_model(arch, seed=0, n_layers=2)
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "gpt_neox", "phi3", "falcon", "granite", "starcoder2"])
+@pytest.mark.parametrize("backend", ["tl", "nnsight"])
+def test_hooks_and_weights_agree(arch, backend):
+    model = hooked.tiny_model(arch, seed=0, n_layers=2, backend=backend)
     r = torch.randn(model.d_model, generator=torch.Generator().manual_seed(3))
     u = r / r.norm()
     base = _logits(model)
-    sites = [f"resid_post.{i}" for i in range(model.n_layers)] + ["resid_pre.0", "resid_mid.1"]
+    sites = [f"resid_post.{i}" for i in range(model.n_layers)] + ["resid_pre.0"]
+    sites += [] if model.spec.parallel else ["resid_mid.1"]
     before = model.capture(PROMPTS, sites, positions="all")
     with iv.ablate_direction(model, r) as h:
         assert len(model.active_hooks) == 1 + 2 * model.n_layers
@@ -58,9 +58,11 @@ def test_bad_direction_and_gemma_weights():
     with pytest.raises(ValueError, match="one direction"):
         iv.ablate_direction(model, two)
     assert model.active_hooks == {}
-    fake_gemma = SimpleNamespace(arch="gemma3", d_model=8, n_layers=1, hf_model=None)
-    with pytest.raises(ValueError, match="Gemma 3"):
-        iv.orthogonalize_weights(fake_gemma, torch.ones(8))
+    for arch, why in (("gemma3", "post-feedforward norms"), ("olmo2", "post-feedforward norms"),
+                      ("mixtral", "expert")):
+        other = hooked.tiny_model(arch, seed=0, n_layers=1)
+        with pytest.raises(ValueError, match=why):
+            iv.orthogonalize_weights(other, torch.ones(other.d_model))
 
 
 def test_nnsight_backend_ablation_and_patching_match_tl():

@@ -21,8 +21,14 @@ def resolve(model, backend: str = "tl"):
     return hooked.load_model(model, backend=backend)
 
 
-def hf_of(model):
-    return model.hf_model if is_hooked(model) else model
+def hf_of(model, what: str | None = None):
+    """The plain transformers model behind ``model``. ``what`` names a caller that runs it directly:
+    then a HookedModel with active hooks is refused (running it would silently ignore them)."""
+    if not is_hooked(model):
+        return model
+    if what is not None:
+        model.require_no_hooks(what)
+    return model.hf_model
 
 
 def tokenizer_of(model, tokenizer=None):

@@ -121,7 +121,8 @@ class _LMPair:
                 raise RuntimeError(f"The model has active hooks {m.active_hooks}; DID sampling runs the plain "
                                    "transformers forward, which would ignore them. Remove the hooks (handle.remove()) "
                                    "or leave the `with` block first.")
-        self.ref, self.pol = C.hf_of(reference), C.hf_of(policy)
+        self.ref = C.hf_of(reference, "DID entropy sampling (reference model)")
+        self.pol = C.hf_of(policy, "DID entropy sampling (policy model)")
         self.tok = tokenizer
         self.dev = C.device_of(policy)
         self.vocab_size = min(self.ref.get_output_embeddings().weight.shape[0],

@@ -65,7 +65,7 @@ def sample(model, prompts, k: int = 4, max_new_tokens: int = 24, seed: int = 0, 
     unpadded batch; a row stops at EOS (EOS included in y). Returns ``prompt_ids`` (list of lists),
     ``completion_ids`` (list of N lists of k lists) and ``logq`` Tensor[N, k] (float64)."""
     tok = C.tokenizer_of(model, tokenizer)
-    hf, dev = C.hf_of(model), C.device_of(model)
+    hf, dev = C.hf_of(model, "analyses.dpo.policy.sample (exact ancestral sampling)"), C.device_of(model)
     ctx = C.context_length(model)
     gen = torch.Generator(device="cpu").manual_seed(seed)
     eos = tok.eos_token_id

@@ -38,22 +38,8 @@ def _plain_hf(base):
             cand = getattr(base.hf_model.config, "_name_or_path", "")
             path = Path(cand) if cand and Path(cand).is_dir() else None
         if path is None:
-            # the hooked wrapper may have replaced submodules; rebuild a plain model from config + weights
-            # (the TL bridge nests each original module as `._original_component` and adds aliases such
-            # as `self_attn.q` that share storage with `self_attn.q_proj`)
-            hf = base.hf_model
-            model = AutoModelForCausalLM.from_config(hf.config, dtype=torch.float32)
-            state = {k.replace("._original_component", ""): v for k, v in hf.state_dict().items()}
-            missing, unexpected = model.load_state_dict(state, strict=False)
-            loaded = {v.data_ptr() for k, v in state.items() if k not in unexpected}
-            # ... and a zero `lm_head.bias`; both carry nothing the plain model lacks
-            unexpected = [k for k in unexpected if state[k].data_ptr() not in loaded
-                          and not (k.endswith(".bias") and not state[k].any())]
-            missing = [k for k in missing if not (k == "lm_head.weight" and hf.config.tie_word_embeddings)]
-            if missing or unexpected:
-                raise ValueError(f"Could not recover plain weights from HookedModel {base.name!r} for training "
-                                 f"(missing {missing[:3]}, unexpected {unexpected[:3]}); pass a model directory.")
-            model.tie_weights()
+            # base.hf_model is a plain transformers model (original module classes and keys): copy it
+            model = copy.deepcopy(base.hf_model).to(torch.float32)
             return model, copy.deepcopy(base.tokenizer)
     elif isinstance(base, PreTrainedModel):
         raise TypeError("train() got a transformers model object without its tokenizer; pass a HookedModel "

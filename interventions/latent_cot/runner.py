@@ -100,6 +100,9 @@ class LatentRunner:
     def __init__(self, model, bot_id: int | None = None, eot_id: int | None = None, *, tokenizer=None,
                  bot_token: str = "<|start-latent|>", eot_token: str = "<|end-latent|>",
                  projection: torch.nn.Module | Callable | None = None, answer_prefix_ids=()):
+        # a HookedModel's registry hooks cannot reach this loop (it feeds embeddings step by step):
+        # keep the wrapper to refuse while it has active hooks; latent steps have their own hooks
+        self._hooked = model if hasattr(model, "require_no_hooks") else None
         self.model = getattr(model, "hf_model", model)
         if not hasattr(self.model, "get_input_embeddings"):
             raise TypeError(f"LatentRunner needs a transformers causal LM, got {type(model).__name__}.")
@@ -135,6 +138,8 @@ class LatentRunner:
 
     # ----------------------------------------------------------------- passes
     def _forward(self, embeds, mask, pos, cache):
+        if self._hooked is not None:
+            self._hooked.require_no_hooks("LatentRunner (latent chain-of-thought rollouts)")
         out = self.model(inputs_embeds=embeds, attention_mask=mask, position_ids=pos, past_key_values=cache,
                          use_cache=cache is not None, output_hidden_states=True)
         return out.hidden_states[-1], out.logits
