@@ -36,7 +36,7 @@ from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
 import probes  # noqa: E402
-from probes.sweep_core import make_folds  # noqa: E402
+from probes.cv import make_folds  # noqa: E402
 
 
 def synthetic(L=30, N=1500, d=576, seed=0):

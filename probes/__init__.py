@@ -19,7 +19,7 @@ from .plots import plot_depth, plot_knowledge_entropy, plot_lens, plot_position_
 from .resuscitate import Resuscitation, resuscitate
 from .sweep import (PositionSweep, SweepResult, layer_sweep, position_sweep, sweep_activations,
                     sweep_positions)
-from .sweep_core import depth_markers, make_folds
+from .cv import depth_markers, make_folds
 
 __all__ = [
     "ConceptDataset", "KnowledgeEntropy", "LensResult", "LinearProbe", "PositionSweep",

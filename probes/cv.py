@@ -1,26 +1,23 @@
-"""Fast cross-validated probe sweep over a precomputed activation stack ``[n_layers, N, d]``.
+"""Cross-validation engine for probe sweeps over a precomputed activation stack ``[n_layers, N, d]``.
 
-Speed comes from doing the per-fold work once for all layers: one split, one vectorised
-standardisation of the whole stack per fold, closed-form probes (mass-mean, LDA) solved for all
-layers in one batched call, and the logistic probe fitted layer after layer with scikit-learn's
-lbfgs warm-started from the previous layer's solution (adjacent layers have similar
-representations, so it converges in a few iterations). The L2 problem is strictly convex, so the
-warm start changes the path, not the solution: the per-layer numbers equal those of
-``LinearProbe(method).fit`` on the same split (up to solver tolerance).
+Every (layer, fold, label set) problem is fitted at once: one standardisation per fold (never
+materialised: it is folded into the weights), the closed-form probes (mass-mean, LDA) batched over
+layers by :func:`probes.solvers.closed_form`, and the logistic probe for all layers, folds and the
+control task in one batched preconditioned L-BFGS run (:func:`probes.solvers.fit_logistic_folds`),
+converged to scikit-learn's tolerance on scikit-learn's objective. The per-layer numbers equal
+those of ``make_pipeline(StandardScaler(), LogisticRegression(C=C))`` on the same split up to
+that tolerance.
 """
 from __future__ import annotations
 
-import warnings
 
 import numpy as np
 import torch
 from scipy import stats
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
-from threadpoolctl import threadpool_limits
 
-from .linear import METHODS, check_labels, shrunk
+from .linear import check_labels
+from .solvers import METHODS, closed_form, fit_logistic_folds
 
 
 def make_folds(y, groups=None, cv=5, seed=0):
@@ -71,56 +68,33 @@ def as_stack(X) -> torch.Tensor:
     return X
 
 
-def fold_scores(Xtr, ytr, Xte, method="logistic", C=1.0, shrinkage=0.1, standardize=None,
-                max_iter=1000, tol=1e-4, warm=True):
-    """Fit one probe per layer on ``Xtr [L, n, d]`` and return test decision scores ``[L, m]``."""
+def closed_form_scores(Xtr, ytr, Xte, method="mass_mean", shrinkage=0.1, standardize=None):
+    """Fit a closed-form probe per layer on ``Xtr [L, n, d]``; test decision scores ``[L, m]``."""
     if standardize is None:
         standardize = method != "mass_mean"
     if standardize:
         mu = Xtr.mean(1, keepdim=True)
         sd = Xtr.std(1, unbiased=False, keepdim=True)
         sd = torch.where(sd < 1e-12, torch.ones_like(sd), sd)
-        Ztr, Zte = (Xtr - mu) / sd, (Xte - mu) / sd
-    else:
-        Ztr, Zte = Xtr, Xte
-    yt = torch.as_tensor(ytr, dtype=torch.bool)
-    if method == "logistic":
-        return _logistic_scores(Ztr, ytr, Zte, C, max_iter, tol, warm)
-    m1, m0 = Ztr[:, yt].mean(1), Ztr[:, ~yt].mean(1)        # [L, d]
-    diff = m1 - m0
-    if method == "mass_mean":
-        w = diff
-        b = -(w * (m0 + m1) / 2).sum(-1)
-    else:
-        centred = torch.where(yt[None, :, None], Ztr - m1[:, None], Ztr - m0[:, None])
-        cov = centred.transpose(1, 2) @ centred / max(Ztr.shape[1] - 2, 1)
-        chol, info = torch.linalg.cholesky_ex(shrunk(cov, shrinkage).double())
-        if bool(info.any()):  # not positive definite (shrinkage=0 and n < d): use a solver that copes
-            w = torch.linalg.lstsq(shrunk(cov, shrinkage).double(), diff.double().unsqueeze(-1)).solution
-        else:
-            w = torch.cholesky_solve(diff.double().unsqueeze(-1), chol)
-        w = w.squeeze(-1).float()
-        p1 = float(yt.double().mean())
-        b = -(w * (m0 + m1) / 2).sum(-1) + np.log(p1 / (1 - p1))
-    return (torch.einsum("lmd,ld->lm", Zte, w) + b[:, None]).numpy()
+        Xtr, Xte = (Xtr - mu) / sd, (Xte - mu) / sd
+    w, b = closed_form(Xtr, ytr, method, shrinkage)
+    return (torch.einsum("lmd,ld->lm", Xte, w) + b[:, None]).numpy()
 
 
-def _logistic_scores(Ztr, ytr, Zte, C, max_iter, tol, warm):
-    """L2 logistic regression per layer (scikit-learn lbfgs), warm-started across layers: each
-    fit starts from the previous layer's solution (``warm_start=True``), which adjacent layers of a
-    residual stream make a good initial point."""
-    clf = LogisticRegression(C=C, max_iter=max_iter, tol=tol, warm_start=warm)
+def logistic_scores(X, labels, folds, C=1.0, tol=1e-4, max_iter=500):
+    """Test decision scores of the L2 logistic probe (train-fold standardisation) for every layer,
+    fold and label set: a list over folds of ``[L, K, m_f]`` arrays."""
+    N = X.shape[1]
+    masks = np.zeros((len(folds), N), dtype=bool)
+    for f, (tr, _) in enumerate(folds):
+        masks[f, tr] = True
+    coef, intercept, _, _ = fit_logistic_folds(X, labels, masks, C=C, tol=tol, max_iter=max_iter)
     out = []
-    # float32 is what the activations are; scikit-learn's lbfgs keeps it (half the traffic)
-    Ztr_np, Zte_np = Ztr.float().numpy(), Zte.double().numpy()
-    # lbfgs on a few hundred features is latency-bound: multi-threaded BLAS only adds
-    # contention (10-20x slower on a busy 2-core machine), so pin it to one thread here.
-    with warnings.catch_warnings(), threadpool_limits(limits=1, user_api="blas"):
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        for layer in range(Ztr_np.shape[0]):
-            clf.fit(Ztr_np[layer], ytr)
-            out.append(Zte_np[layer] @ clf.coef_[0].astype(np.float64) + float(clf.intercept_[0]))
-    return np.stack(out)
+    for f, (_, te) in enumerate(folds):
+        Xte = X[:, torch.as_tensor(te)]                                   # [L, m, d]
+        s = torch.einsum("lmd,lkd->lkm", Xte.double(), coef[:, f].double())
+        out.append((s + intercept[:, f].double()[..., None]).numpy())
+    return out
 
 
 def auroc_rows(scores: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -145,28 +119,28 @@ def mean_ci(values: np.ndarray, level=0.95):
 
 
 def cross_validate(X, y, groups=None, cv=5, method="logistic", control=True, seed=0, C=1.0,
-                   shrinkage=0.1, standardize=None, max_iter=1000, tol=1e-4, warm=True, threads=1):
-    """Per-layer fold accuracies and AUROCs ``[L, cv]`` (and the shuffled-label control's).
+                   shrinkage=0.1, standardize=None, max_iter=500, tol=1e-4, threads=1,
+                   control_labels=None):
+    """Per-layer fold accuracies and AUROCs ``[L, cv]`` for the task (and the control task's).
 
-    The control (Hewitt & Liang 2019) permutes the labels once (seeded) and runs the identical
-    pipeline on the same folds; selectivity = accuracy - control accuracy.
+    ``control_labels``: the control task's labels (see :func:`probes.control.control_task`);
+    ``None`` with ``control=True`` permutes the task labels once (seeded).
 
-    ``threads``: torch threads for the batched linear algebra while the sweep runs (restored
-    after; ``None`` keeps the current setting). On a shared CPU, multi-threaded kernels on these
-    small matrices mostly add contention, so the default is one.
+    ``threads``: torch threads while the sweep runs (restored after; ``None`` keeps the current
+    setting). The batched solver is bandwidth-bound, so on a shared CPU one thread is the default.
     """
     previous = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
     try:
         return _cross_validate(X, y, groups, cv, method, control, seed, C, shrinkage, standardize,
-                               max_iter, tol, warm)
+                               max_iter, tol, control_labels)
     finally:
         torch.set_num_threads(previous)
 
 
 def _cross_validate(X, y, groups, cv, method, control, seed, C, shrinkage, standardize, max_iter,
-                    tol, warm):
+                    tol, control_labels):
     if method not in METHODS:
         raise ValueError(f"Unknown probe method {method!r}; use one of {list(METHODS)}.")
     X = as_stack(X)
@@ -176,18 +150,31 @@ def _cross_validate(X, y, groups, cv, method, control, seed, C, shrinkage, stand
     folds = make_folds(yb, groups, cv, seed)
     runs = {"task": yb}
     if control:
-        runs["control"] = np.random.default_rng(seed + 1).permutation(yb)
-    out = {}
-    for name, labels in runs.items():
-        acc = np.zeros((X.shape[0], len(folds)))
-        auc = np.zeros_like(acc)
-        for f, (tr, te) in enumerate(folds):
-            tr_t, te_t = torch.as_tensor(tr), torch.as_tensor(te)
-            s = fold_scores(X[:, tr_t], labels[tr], X[:, te_t], method, C, shrinkage, standardize,
-                            max_iter, tol, warm)
-            acc[:, f] = ((s > 0).astype(np.int64) == labels[te][None]).mean(1)
-            auc[:, f] = auroc_rows(s, labels[te])
-        out[name] = (acc, auc)
+        if control_labels is None:
+            control_labels = np.random.default_rng(seed + 1).permutation(yb)
+        control_labels = np.asarray(control_labels).astype(np.int64)
+        if control_labels.shape != yb.shape:
+            raise ValueError(f"control_labels has shape {control_labels.shape}; the task has "
+                             f"{len(yb)} examples, so give one control label per example.")
+        runs["control"] = control_labels
+    names = list(runs)
+    L = X.shape[0]
+    out = {name: (np.zeros((L, len(folds))), np.zeros((L, len(folds)))) for name in names}
+    if method == "logistic":
+        scores = logistic_scores(X, np.stack([runs[k] for k in names]), folds, C, tol, max_iter)
+        for f, (_, te) in enumerate(folds):
+            for k, name in enumerate(names):
+                s, lab = scores[f][:, k], runs[name][te]
+                out[name][0][:, f] = ((s > 0).astype(np.int64) == lab[None]).mean(1)
+                out[name][1][:, f] = auroc_rows(s, lab)
+    else:
+        for name, labels in runs.items():
+            for f, (tr, te) in enumerate(folds):
+                tr_t, te_t = torch.as_tensor(tr), torch.as_tensor(te)
+                s = closed_form_scores(X[:, tr_t], labels[tr], X[:, te_t], method, shrinkage,
+                                       standardize)
+                out[name][0][:, f] = ((s > 0).astype(np.int64) == labels[te][None]).mean(1)
+                out[name][1][:, f] = auroc_rows(s, labels[te])
     return out, folds, float(np.bincount(yb).max() / len(yb))
 
 

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression
 
-METHODS = ("logistic", "mass_mean", "lda")
+from .solvers import METHODS, closed_form
 
 
 def as_numpy(X, name="X", dtype=np.float64) -> np.ndarray:
@@ -111,7 +111,8 @@ class LinearProbe:
             w, b = clf.coef_[0], float(clf.intercept_[0])
             self.n_iter_ = int(clf.n_iter_[0])
         else:
-            w, b = closed_form(Z, yb, self.method, self.shrinkage)
+            wt, bt = closed_form(torch.as_tensor(Z)[None], yb, self.method, self.shrinkage)
+            w, b = wt[0].numpy(), float(bt[0])
         # back to raw activation space: w.(x - m)/s + b = (w/s).x + (b - w.(m/s))
         self.coef_ = w / self.scale_
         self.intercept_ = float(b - np.dot(w, self.mean_ / self.scale_))
@@ -170,28 +171,3 @@ class LinearProbe:
     def __repr__(self):
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
         return f"LinearProbe({args})"
-
-
-def closed_form(Z: np.ndarray, yb: np.ndarray, method: str, shrinkage: float):
-    """Mass-mean or LDA weights and bias for one layer (numpy, float64)."""
-    m1, m0 = Z[yb == 1].mean(0), Z[yb == 0].mean(0)
-    diff = m1 - m0
-    if method == "mass_mean":
-        w = diff
-        return w, -float(np.dot(w, (m0 + m1) / 2))
-    centred = np.where(yb[:, None] == 1, Z - m1, Z - m0)
-    cov = centred.T @ centred / max(len(Z) - 2, 1)
-    cov = shrunk(cov, shrinkage)
-    w = np.linalg.solve(cov, diff)
-    prior = np.log(yb.mean() / (1 - yb.mean()))
-    return w, -float(np.dot(w, (m0 + m1) / 2)) + float(prior)
-
-
-def shrunk(cov, gamma):
-    d = cov.shape[-1]
-    if isinstance(cov, torch.Tensor):
-        tr = cov.diagonal(dim1=-2, dim2=-1).sum(-1)[..., None, None] / d
-        eye = torch.eye(d, dtype=cov.dtype)
-        return (1 - gamma) * cov + (gamma * tr + 1e-8) * eye
-    tr = np.trace(cov) / d
-    return (1 - gamma) * cov + (gamma * tr + 1e-8) * np.eye(d)

@@ -15,7 +15,7 @@ import torch
 
 from .datasets import ConceptDataset, load
 from .linear import LinearProbe
-from .sweep_core import as_stack, cross_validate, depth_markers, mean_ci
+from .cv import as_stack, cross_validate, depth_markers, mean_ci
 
 
 @dataclass
@@ -79,7 +79,7 @@ def sweep_activations(X, y, groups=None, *, cv=5, method="logistic", control=Tru
 
     ``groups`` keep related examples in one fold (scikit-learn ``StratifiedGroupKFold``; plain
     ``StratifiedKFold`` without groups). ``control`` adds the shuffled-label control and the
-    selectivity. Depth markers: see :func:`probes.sweep_core.depth_markers` (``jump_margin``,
+    selectivity. Depth markers: see :func:`probes.cv.depth_markers` (``jump_margin``,
     ``converge_eps``). ``relative_depth`` is ``(layer + 1) / n_layers`` (the fraction of blocks
     that have run at ``resid_post.layer``).
     """

@@ -5,7 +5,7 @@ import torch
 
 import probes
 from probes import LinearProbe, depth_markers, make_folds, sweep_activations
-from probes.sweep_core import fold_scores
+from probes.cv import closed_form_scores, logistic_scores
 
 
 def layered(L=6, n=240, d=16, seed=0):
@@ -41,14 +41,20 @@ def test_sweep_rises_with_signal_and_control_is_at_chance():
 def test_sweep_equals_linear_probe_on_each_fold():
     X, y = layered(L=3, n=120)
     folds = make_folds(y, None, 4, seed=0)
-    for method in ("logistic", "mass_mean", "lda"):
-        tr, te = folds[1]
-        # tight tolerance: warm-started and cold lbfgs then reach the same (unique) optimum
-        scores = fold_scores(X[:, tr], y[tr], X[:, te], method=method, tol=1e-10)
+    tr, te = folds[1]
+    for method in ("mass_mean", "lda"):
+        scores = closed_form_scores(X[:, tr], y[tr], X[:, te], method=method)
         for layer in range(3):
-            p = LinearProbe(method, tol=1e-10).fit(X[layer, tr], y[tr])
+            p = LinearProbe(method).fit(X[layer, tr], y[tr])
             np.testing.assert_allclose(scores[layer], p.decision_function(X[layer, te]),
-                                       rtol=1e-3, atol=1e-3)
+                                       rtol=1e-4, atol=1e-4)
+    # logistic: the batched solver reaches the same optimum as scikit-learn (both converged
+    # tightly here, so the scores agree closely, not just the predictions)
+    scores = logistic_scores(X, y[None], folds, tol=1e-5)[1][:, 0]
+    for layer in range(3):
+        p = LinearProbe("logistic", tol=1e-10).fit(X[layer, tr], y[tr])
+        np.testing.assert_allclose(scores[layer], p.decision_function(X[layer, te]), rtol=2e-2,
+                                   atol=2e-2)
 
 
 def test_groups_stop_memorisation():

@@ -1,0 +1,89 @@
+"""Batched probe solvers: the sweep's accuracy equals the converged scikit-learn loop."""
+import numpy as np
+import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from threadpoolctl import threadpool_limits
+
+from probes import make_folds, sweep_activations
+from probes.solvers import closed_form, fit_logistic_folds
+
+
+def residual_like(L=5, n=160, d=24, seed=0):
+    """Anisotropic, offset, low-rank-plus-noise layers with a concept of growing strength."""
+    g = torch.Generator().manual_seed(seed)
+    y = np.arange(n) % 2
+    basis = torch.randn(6, d, generator=g) * torch.linspace(4, 0.5, 6)[:, None]
+    v = torch.randn(d, generator=g)
+    v /= v.norm()
+    sign = torch.as_tensor(y * 2.0 - 1.0)[:, None]
+    X = torch.empty(L, n, d)
+    for layer in range(L):
+        X[layer] = (torch.randn(n, 6, generator=g) @ basis + torch.randn(n, d, generator=g)
+                    + 0.6 * layer * sign * v + 20.0)
+    return X, y
+
+
+def sklearn_loop(X, y, folds, C=1.0):
+    acc = np.zeros((X.shape[0], len(folds)))
+    with threadpool_limits(1, "blas"):  # tiny fits: threads only add contention
+        _fit_all(X, y, folds, C, acc)
+    return acc
+
+
+def _fit_all(X, y, folds, C, acc):
+    for layer in range(X.shape[0]):
+        for f, (tr, te) in enumerate(folds):
+            clf = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=5000))
+            clf.fit(X[layer][tr].numpy(), y[tr])
+            acc[layer, f] = clf.score(X[layer][te].numpy(), y[te])
+
+
+def test_accuracy_equals_converged_sklearn_loop_per_layer():
+    for seed, C in ((0, 1.0), (1, 0.1), (2, 10.0)):
+        X, y = residual_like(seed=seed)
+        res = sweep_activations(X, y, cv=5, method="logistic", C=C, control=False, seed=seed)
+        ref = sklearn_loop(X, y, make_folds(y, None, 5, seed=seed), C=C)
+        assert np.abs(res.acc_mean - ref.mean(1)).max() <= 0.005, (seed, C, res.acc_mean, ref.mean(1))
+
+
+def test_logistic_solution_matches_sklearn_coefficients():
+    X, y = residual_like(L=2, n=120, d=10, seed=3)
+    folds = make_folds(y, None, 4, seed=0)
+    masks = np.zeros((4, len(y)), bool)
+    for f, (tr, _) in enumerate(folds):
+        masks[f, tr] = True
+    coef, intercept, n_iter, converged = fit_logistic_folds(X, y[None], masks, C=0.5, tol=1e-4)
+    assert bool(converged.all())
+    for layer in range(2):
+        for f, (tr, _) in enumerate(folds):
+            ref = make_pipeline(StandardScaler(), LogisticRegression(C=0.5, tol=1e-10, max_iter=10000))
+            ref.fit(X[layer][tr].numpy().astype(np.float64), y[tr])
+            sc, lr = ref
+            raw = lr.coef_[0] / sc.scale_
+            np.testing.assert_allclose(coef[layer, f, 0].numpy(), raw, rtol=5e-3, atol=5e-3)
+            b = lr.intercept_[0] - raw @ sc.mean_
+            assert abs(float(intercept[layer, f, 0]) - b) < 5e-3 * (1 + abs(b))
+
+
+def test_control_labels_are_fitted_alongside_the_task():
+    X, y = residual_like(L=3, seed=4)
+    folds = make_folds(y, None, 5, seed=0)
+    masks = np.zeros((5, len(y)), bool)
+    for f, (tr, _) in enumerate(folds):
+        masks[f, tr] = True
+    ctrl = np.random.default_rng(0).permutation(y)
+    both = fit_logistic_folds(X, np.stack([y, ctrl]), masks)[0]
+    alone = fit_logistic_folds(X, ctrl[None], masks)[0]
+    np.testing.assert_allclose(both[:, :, 1], alone[:, :, 0], atol=1e-3)
+
+
+def test_closed_form_batched_equals_one_at_a_time():
+    X, y = residual_like(L=3, n=60, d=8)
+    for method in ("mass_mean", "lda"):
+        w, b = closed_form(X.double(), y, method, 0.1)
+        for layer in range(3):
+            w1, b1 = closed_form(X[layer:layer + 1].double(), y, method, 0.1)
+            np.testing.assert_allclose(w[layer].numpy(), w1[0].numpy(), rtol=1e-10)
+            assert abs(float(b[layer] - b1[0])) < 1e-9
