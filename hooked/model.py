@@ -289,9 +289,12 @@ class HookedModel:
             inputs["use_cache"] = True
         else:
             inputs["use_cache"] = False
-        if not plan:
+        if not plan and self.backend == "nnsight":
+            # the same HF modules an nnsight trace runs, without the trace: identical numbers
             logits, saved = self.hf_model(**inputs).logits, {}
         else:
+            # TL runs every forward through the bridge, hooks or not, so a hooked forward and a
+            # hook-free one compute the same way (TL's attention is its own, not SDPA)
             # SDPA (the model's default) unless a pattern is asked for: only eager attention returns it
             eager = "eager" if any(p.site.kind == "attn.pattern" for p in plan) else None
             with attn_implementation(self._backend.runtime_model, eager):

@@ -38,9 +38,7 @@ def _logits(model, prompts=PROMPTS):
 
 
 def test_multiplier_zero_is_bit_identical(model, vec):
-    """Bit-identical on nnsight (hooked and hook-free forwards run the same HF modules). On the TL
-    backend a hooked forward runs TransformerLens' own attention while a hook-free one runs the
-    plain model (SDPA), so real tokens agree to fp32 rounding, not bit for bit."""
+    """Bit-identical on both backends: a hooked and a hook-free forward compute the same way."""
     nn = hooked.tiny_model("llama", seed=0, backend="nnsight")
     _sharpen(nn.hf_model)
     for m in (model, nn):
@@ -49,10 +47,7 @@ def test_multiplier_zero_is_bit_identical(model, vec):
         for op in ("add", "ablate"):
             with vec.apply(m, multiplier=0.0, operator=op):
                 z, _ = _logits(m)
-            if m.backend == "nnsight":
-                assert torch.equal(base[real], z[real]), op
-            else:
-                torch.testing.assert_close(base[real], z[real], atol=1e-5, rtol=0)
+            assert torch.equal(base[real], z[real]), (m.backend, op)
     with vec.apply(model, multiplier=1.0):
         s, _ = _logits(model)
     assert (s - base).abs().max() > 1e-2  # the vector does something
@@ -211,7 +206,7 @@ def test_multiplier_sweep_on_unembedding_direction(model):
     # anti-steering with the flipped vector: every example anti-steerable
     flipped = iv.SteeringVector({"final_norm": -w})
     assert iv.multiplier_sweep(model, flipped, PROMPTS, " good", " bad", [0.0, 1.0]).anti_steerable_fraction == 1.0
-    assert iv.side_effect_kl(model, vec, PROMPTS, 0.0) < 1e-6  # TL: hooked vs hook-free forward differ by fp32 rounding
+    assert iv.side_effect_kl(model, vec, PROMPTS, 0.0) == 0.0
     assert iv.side_effect_kl(model, vec, PROMPTS, 0.2) > 1e-4
     with pytest.raises(ValueError, match="single tokens"):
         iv.multiplier_sweep(model, vec, PROMPTS, " goodness gracious", " bad", [0.0, 1.0])
@@ -226,9 +221,10 @@ def test_nnsight_backend_matches_tl(model, vec):
         nn_ids = nn.generate_ids(PROMPTS, max_new_tokens=4)
     assert tl_ids == nn_ids
     with vec.apply(model, 1.0), vec.apply(nn, 1.0):
-        a, _ = _logits(model)
+        a, enc = _logits(model)
         b, _ = _logits(nn)
-    assert torch.allclose(a, b, atol=1e-4)
+    real = enc["attention_mask"].bool()  # padding slots hold no token: attention kernels may differ there
+    assert torch.allclose(a[real], b[real], atol=1e-4)
     with pytest.raises(ValueError, match="nnsight"):
         iv.SteeringVector({"resid_mid.1": torch.randn(64)}).apply(nn)
     assert nn.active_hooks == {}
