@@ -7,8 +7,10 @@ load the dequantized state dict, and save a plain safetensors checkpoint in the
 cache. Later loads read the cache in seconds.
 
 The cache lives in ``$POLICYLENS_CACHE`` (default ``~/.cache/policylens``). Each
-cached model carries ``policylens-cache.json`` with the sha256 and size of its
-weights; a truncated or corrupted cache is detected on load and rebuilt.
+cached model carries ``policylens-cache.json`` with the sha256, size and mtime of its
+weights. A load checks size and mtime (no hashing of 0.5-1.6 GB each time); a changed
+mtime triggers one sha256 check, and ``ensure_cached(name, verify=True)`` (``policylens
+models --verify``) always hashes. A truncated or corrupted cache is rebuilt.
 """
 
 from __future__ import annotations
@@ -88,6 +90,17 @@ PACKAGED: dict[str, PackagedModel] = {
 }
 
 
+def check_state_keys(model, missing, unexpected, source: str) -> None:
+    """Raise if loading ``source`` left weights missing or unused (a tied ``lm_head`` excepted)."""
+    tied = getattr(model.config, "tie_word_embeddings", False)
+    missing = [k for k in missing if not (tied and k == "lm_head.weight")]
+    if missing or unexpected:
+        raise ValueError(
+            f"Loading weights from {source}: {len(missing)} missing ({missing[:5]}) and {len(unexpected)} unexpected "
+            f"({list(unexpected)[:5]}) keys. The file does not match the architecture its config names."
+        )
+
+
 def model_cache_dir(name: str) -> Path:
     return cache_root() / "models" / name
 
@@ -100,8 +113,13 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def cache_status(name: str) -> str:
-    """``"ok"``, ``"missing"`` or a sentence saying why the cache is unusable."""
+def cache_status(name: str, full: bool = False) -> str:
+    """``"ok"``, ``"missing"`` or a sentence saying why the cache is unusable.
+
+    A quick check (size and modification time against the manifest) unless ``full``: then
+    the sha256 recorded when the cache was built is recomputed (a few seconds per GB). A
+    file whose mtime changed is hashed once; if it is intact the manifest is refreshed.
+    """
     d = model_cache_dir(name)
     manifest = d / _MANIFEST
     if not manifest.exists():
@@ -115,19 +133,26 @@ def cache_status(name: str) -> str:
         return "weights file missing"
     if meta.get("format_version") != _FORMAT_VERSION:
         return "written by another policylens cache format"
-    size = weights.stat().st_size
-    if size != meta.get("size"):
-        return f"truncated weights ({size} bytes, expected {meta.get('size')})"
-    if _sha256(weights) != meta.get("sha256"):
-        return "corrupted weights (sha256 mismatch)"
+    st = weights.stat()
+    if st.st_size != meta.get("size"):
+        return f"truncated weights ({st.st_size} bytes, expected {meta.get('size')})"
+    if full or st.st_mtime_ns != meta.get("mtime_ns"):
+        if _sha256(weights) != meta.get("sha256"):
+            return "corrupted weights (sha256 mismatch)"
+        if st.st_mtime_ns != meta.get("mtime_ns"):
+            meta["mtime_ns"] = st.st_mtime_ns
+            manifest.write_text(json.dumps(meta, indent=2))
     return "ok"
 
 
-def ensure_cached(name: str, progress: bool = True) -> Path:
-    """Return the safetensors cache of a packaged model, building it if needed."""
+def ensure_cached(name: str, progress: bool = True, verify: bool = False) -> Path:
+    """Return the safetensors cache of a packaged model, building it if needed.
+
+    The cache is checked by size and mtime; ``verify=True`` recomputes its sha256.
+    """
     if name not in PACKAGED:
         raise ValueError(f"Unknown packaged model {name!r}; packaged models: {sorted(PACKAGED)}.")
-    status = cache_status(name)
+    status = cache_status(name, full=verify)
     if status == "ok":
         return model_cache_dir(name)
     if status != "missing":
@@ -155,10 +180,7 @@ def _build_cache(pm: PackagedModel, progress: bool) -> Path:
     config.architectures = [type(quant).__name__]
     clean = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     missing, unexpected = clean.load_state_dict(quant.state_dict(), strict=False)
-    # tied lm_head may be reported missing; anything else is a real mismatch
-    missing = [k for k in missing if not (k == "lm_head.weight" and config.tie_word_embeddings)]
-    if missing or unexpected:
-        raise RuntimeError(f"Rebuilding {pm.name} from GGUF failed: missing {missing}, unexpected {unexpected}.")
+    check_state_keys(clean, missing, unexpected, str(gguf))
     clean.tie_weights()
     clean.save_pretrained(tmp, safe_serialization=True)
     tok.save_pretrained(tmp)
@@ -171,6 +193,7 @@ def _build_cache(pm: PackagedModel, progress: bool) -> Path:
         "source": str(gguf),
         "package": pm.package,
         "size": weights.stat().st_size,
+        "mtime_ns": weights.stat().st_mtime_ns,  # rename keeps it: later loads compare size + mtime only
         "sha256": _sha256(weights),
     }
     (tmp / _MANIFEST).write_text(json.dumps(manifest, indent=2))

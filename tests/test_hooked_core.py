@@ -1,6 +1,7 @@
 """Sites, hooks, capture options, artifacts and bad input on tiny models."""
 
 import json
+import os
 
 import pytest
 import torch
@@ -220,6 +221,26 @@ def test_corrupted_cache_is_detected_and_rebuilt(tmp_path, monkeypatch):
     assert packaged.cache_status("fake").startswith("truncated")
     w.write_bytes(b"y" * 100)
     assert packaged.cache_status("fake").startswith("corrupted")
+
+
+def test_cache_check_hashes_only_when_the_file_changed_or_asked(tmp_path, monkeypatch):
+    from hooked import packaged
+
+    monkeypatch.setenv(packaged.CACHE_ENV, str(tmp_path))
+    d = tmp_path / "models" / "fake"
+    d.mkdir(parents=True)
+    w = d / "model.safetensors"
+    w.write_bytes(b"x" * 100)
+    meta = {"format_version": 1, "size": 100, "sha256": packaged._sha256(w), "mtime_ns": w.stat().st_mtime_ns}
+    (d / "policylens-cache.json").write_text(json.dumps(meta))
+    hashed = []
+    real = packaged._sha256
+    monkeypatch.setattr(packaged, "_sha256", lambda path: hashed.append(path) or real(path))
+    assert packaged.cache_status("fake") == "ok" and hashed == []  # size + mtime only
+    assert packaged.cache_status("fake", full=True) == "ok" and len(hashed) == 1
+    os.utime(w, ns=(w.stat().st_atime_ns, w.stat().st_mtime_ns + 10**9))  # touched, content intact
+    assert packaged.cache_status("fake") == "ok" and len(hashed) == 2
+    assert packaged.cache_status("fake") == "ok" and len(hashed) == 2  # manifest refreshed: no hash again
 
 
 def test_corrupted_cache_triggers_rebuild_with_warning(tmp_path, monkeypatch):
