@@ -27,6 +27,7 @@ _HERE = str(Path(__file__).resolve().parent)
 sys.path[:] = [p for p in sys.path if str(Path(p or ".").resolve()) != _HERE]
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+
 import numpy as np
 import torch
 from sklearn.exceptions import ConvergenceWarning
@@ -63,58 +64,58 @@ def real(model_name, dataset, n):
     return acts.stack("resid_post.*").float(), ds.labels, ds.groups
 
 
-def naive_sweep(X, y, folds, layers, blas_threads=None, converged=False):
-    """One LogisticRegression fit per layer per fold. Default: scikit-learn defaults on raw
-    activations (max_iter=100, usually stops unconverged). ``converged``: the same estimator the
-    sweep fits (StandardScaler + LogisticRegression(max_iter=1000)), fitted cold each time."""
-    accs = np.zeros((len(layers), len(folds)))
+def converged_loop(X, y, folds, n_jobs=1):
+    """What a researcher writes: StandardScaler + LogisticRegression(max_iter=5000) per layer per
+    fold, BLAS pinned to one thread per worker; ``n_jobs`` > 1 spreads layers over cores (joblib)."""
+    from joblib import Parallel, delayed
+
+    def one_layer(Xl):
+        with threadpool_limits(1, "blas"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            return [make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000))
+                    .fit(Xl[tr], y[tr]).score(Xl[te], y[te]) for tr, te in folds]
     Xn = X.numpy()
-    ctx = threadpool_limits(blas_threads, "blas") if blas_threads else warnings.catch_warnings()
-    with ctx, warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        for i, layer in enumerate(layers):
-            for f, (tr, te) in enumerate(folds):
-                if converged:
-                    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
-                else:
-                    clf = LogisticRegression()
-                clf.fit(Xn[layer][tr], y[tr])
-                accs[i, f] = clf.score(Xn[layer][te], y[te])
-    return accs
+    if n_jobs == 1:
+        return np.array([one_layer(Xn[i]) for i in range(len(Xn))])
+    return np.array(Parallel(n_jobs=n_jobs)(delayed(one_layer)(Xn[i]) for i in range(len(Xn))))
 
 
-def bench_sweep(X, y, groups, cv, naive_layers, default_threads=True):
-    L = X.shape[0]
+def bench_sweep(X, y, groups, cv, repeats=2, positions=3):
+    """Ratios of the batched sweep against the converged loop (one core, and all cores with
+    joblib), timed interleaved in this process; the layer x position sweep likewise."""
+    import os
+    sys.path.append(_HERE)
+    from _timing import timed_all
     folds = make_folds(y, groups, cv, seed=0)
-    rows = {}
-    for method in ("logistic", "mass_mean", "lda"):
-        t = time.perf_counter()
-        res = probes.sweep_activations(X, y, groups, cv=cv, method=method, control=False)
-        rows[method] = (time.perf_counter() - t, res)
-    t = time.perf_counter()
-    probes.sweep_activations(X, y, groups, cv=cv, method="logistic", control=True)
-    with_control = time.perf_counter() - t
-    layers = np.linspace(0, L - 1, naive_layers).round().astype(int)
-    out = {}
-    runs = [("naive (1 BLAS thread)", 1, False), ("converged naive (1 thread)", 1, True)]
-    if default_threads:
-        runs.insert(0, ("naive (default threads)", None, False))
-    for label, threads, converged in runs:
-        t = time.perf_counter()
-        accs = naive_sweep(X, y, folds, layers, threads, converged)
-        out[label] = ((time.perf_counter() - t) * L / len(layers), accs)
-    print(f"\nLayer sweep: {L} layers x {X.shape[1]} examples x {X.shape[2]} dims, {cv}-fold")
-    for method, (secs, res) in rows.items():
-        print(f"  probes.sweep_activations {method:9s}: {secs:7.2f} s   peak acc {res.peak_acc:.3f} "
-              f"(layer {res.peak_layer})")
-    print(f"  probes.sweep_activations logistic + shuffled-label control: {with_control:7.2f} s")
-    for label, (secs, accs) in out.items():
-        print(f"  {label:24s}: {secs:7.2f} s (timed on {len(layers)} layers, scaled x{L / len(layers):.1f})"
-              f"   acc at those layers {np.round(accs.mean(1), 3).tolist()}")
-    for label, (ref, _) in out.items():
-        ratios = ", ".join(f"{m} {ref / secs:.1f}x" for m, (secs, _) in rows.items())
-        print(f"  speed-up vs {label:26s}: {ratios}")
-    return rows, out
+    cores = os.cpu_count()
+    res = {}
+    fns = {"probes.sweep_activations": lambda: res.__setitem__("ours", probes.sweep_activations(
+               X, y, groups, cv=cv, method="logistic", control=False)),
+           "converged loop, 1 core": lambda: res.__setitem__("loop", converged_loop(X, y, folds)),
+           f"converged loop, joblib x{cores}": lambda: converged_loop(X, y, folds, n_jobs=cores)}
+    t = timed_all(fns, repeats)
+    diff = np.abs(res["ours"].acc_mean - res["loop"].mean(1))
+    print(f"\nLayer sweep (logistic): {X.shape[0]} layers x {X.shape[1]} examples x {X.shape[2]} dims, "
+          f"{cv}-fold, best of {repeats}")
+    for k, v in t.items():
+        print(f"  {k:32s}: {v:7.2f} s")
+    ours = t["probes.sweep_activations"]
+    for k in list(t)[1:]:
+        print(f"  speed-up vs {k:32s}: {t[k] / ours:5.1f}x")
+    print(f"  max |accuracy difference| per layer vs the converged loop: {diff.max():.4f}")
+    # layer x position: P shifted copies stand in for P token positions (same shapes, same work)
+    stacks = [X[:, np.roll(np.arange(X.shape[1]), p)] for p in range(positions)]
+    fns = {"probes.sweep_positions": lambda: probes.sweep_positions(
+               stacks, y, groups, positions=list(range(-positions, 0)), cv=cv, method="logistic"),
+           "converged loop, 1 core": lambda: [converged_loop(S, y, folds) for S in stacks],
+           f"converged loop, joblib x{cores}": lambda: [converged_loop(S, y, folds, n_jobs=cores)
+                                                         for S in stacks]}
+    t = timed_all(fns, 1)
+    print(f"Layer x position sweep (logistic, {positions} positions)")
+    ours = t["probes.sweep_positions"]
+    for k in list(t)[1:]:
+        print(f"  speed-up vs {k:32s}: {t[k] / ours:5.1f}x  ({t[k]:.2f} s vs {ours:.2f} s)")
+    return t
 
 
 def bench_entropy(model, texts, batch_size=8, repeat=2):
@@ -148,22 +149,20 @@ def main(argv=None):
     ap.add_argument("--n", type=int, default=1500)
     ap.add_argument("--d", type=int, default=576)
     ap.add_argument("--cv", type=int, default=5)
-    ap.add_argument("--naive-layers", type=int, default=6)
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--positions", type=int, default=3)
     ap.add_argument("--model", default="tiny", help="'tiny' or a packaged name for the entropy bench")
     ap.add_argument("--acts", default=None, help="dataset name: capture real activations with --model")
     ap.add_argument("--texts", type=int, default=64)
     ap.add_argument("--skip-sweep", action="store_true")
     ap.add_argument("--skip-entropy", action="store_true")
-    ap.add_argument("--skip-default-threads", action="store_true",
-                    help="skip the naive loop with default BLAS threads (very slow on a busy CPU)")
     args = ap.parse_args(argv)
     if not args.skip_sweep:
         if args.acts:
             X, y, groups = real(args.model, args.acts, args.n)
         else:
             X, y, groups = synthetic(args.layers, args.n, args.d)
-        bench_sweep(X, y, groups, args.cv, min(args.naive_layers, X.shape[0]),
-                    default_threads=not args.skip_default_threads)
+        bench_sweep(X, y, groups, args.cv, repeats=args.repeats, positions=args.positions)
     if not args.skip_entropy:
         import hooked
         model = hooked.tiny_model("llama", seed=0) if args.model == "tiny" else hooked.load_model(args.model)
