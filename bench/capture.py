@@ -2,12 +2,13 @@
 
 Prints ratios measured in one process on the same batch:
 
-1. capture of every ``resid_post`` site (both backends) vs a bare HF forward
-   (target >= 0.95x), vs TL ``run_with_cache`` on the bridge and vs an nnsight trace
-   that saves the same layer outputs;
-2. capture of one site at layer k vs a full forward (target <= (k+1)/L + 0.1).
+1. capture of every ``resid_post`` site (both backends) vs a bare HF forward with the
+   model's default attention (SDPA) (target >= 0.95x), vs TL ``run_with_cache`` on the
+   bridge and vs an nnsight trace that saves the same layer outputs;
+2. the same at T = 512 tokens per prompt (target >= 1.0x on both backends);
+3. capture of one site at layer k vs a full forward (target <= (k+1)/L + 0.1).
 
-Usage: python bench/capture.py [--model smollm2-135m-instruct] [--batch 8] [--repeats 5] [--tiny]
+Usage: python bench/capture.py [--model smollm2-135m-instruct] [--batch 8] [--repeats 5] [--tiny] [--long-batch 1]
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ def main() -> None:
     ap.add_argument("--model", default="smollm2-135m-instruct")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--long-batch", type=int, default=1, help="prompts of 512 tokens in the long-context run")
     ap.add_argument("--tiny", action="store_true", help="use a tiny random llama (smoke run)")
     args = ap.parse_args()
     torch.manual_seed(0)
@@ -48,7 +50,7 @@ def main() -> None:
     # a bare transformers model with the same weights, no bridge, no nnsight
     from transformers import AutoModelForCausalLM
 
-    bare = AutoModelForCausalLM.from_config(nn.hf_model.config, attn_implementation="eager").eval()
+    bare = AutoModelForCausalLM.from_config(nn.hf_model.config).eval()  # default attention: SDPA
     bare.load_state_dict(nn.hf_model.state_dict())
     pos = (enc["attention_mask"].cumsum(-1) - 1).masked_fill(enc["attention_mask"] == 0, 1)
 
@@ -90,6 +92,26 @@ def main() -> None:
     for name, t in rows:
         print(f"{name:32} {n_tokens / t:9.0f} tok/s   ratio vs bare forward {t_bare / t:5.2f}x (target >= 0.95 for capture)")
     print(f"capture(tl) vs TL run_with_cache: {t_tl_cache / t_cap_tl:5.2f}x;  capture(nnsight) vs nnsight trace: {t_nn / t_cap_nn:5.2f}x")
+
+    long_prompt = " ".join([PROMPT] * 40)
+    ids = tl.tokenizer(long_prompt, add_special_tokens=False)["input_ids"][: min(500, tl.max_length - 12)]
+    long_text = tl.tokenizer.decode(ids, skip_special_tokens=True)
+    long_enc = tl.tokenize([long_text] * args.long_batch)
+    t_long = long_enc["input_ids"].shape[1]
+
+    def bare_long():
+        with torch.inference_mode():
+            bare(**long_enc, use_cache=False)
+
+    t = timed_all({
+        "bare": bare_long,
+        "cap_tl": lambda: tl.capture([long_text] * args.long_batch, "resid_post.*", batch_size=args.long_batch),
+        "cap_nn": lambda: nn.capture([long_text] * args.long_batch, "resid_post.*", batch_size=args.long_batch),
+    }, args.repeats)
+    print(f"\nT = {t_long} tokens x batch {args.long_batch}: capture of every resid_post vs a bare SDPA forward "
+          "(target >= 1.0x)")
+    for backend, key in (("tl", "cap_tl"), ("nnsight", "cap_nn")):
+        print(f"  {backend:8} {t_long * args.long_batch / t[key]:8.0f} tok/s   ratio {t['bare'] / t[key]:5.2f}x")
 
     print("\nearly stop: one site at layer k vs a full forward (target <= (k+1)/L + 0.1)")
     ks = sorted({0, L // 4, L // 2, L - 1})
