@@ -9,6 +9,7 @@
 from . import sites
 from .activations import ActivationSet, ShardedActivations
 from .context import HookContext, HookHandle
+from .handles import UndoHandle
 from .loading import TINY_ARCHS, load_model, tiny_config, tiny_hf_model, tiny_model
 from .model import HookedModel
 from .packaged import PACKAGED, list_models
@@ -27,4 +28,5 @@ __all__ = [
     "tiny_config",
     "tiny_hf_model",
     "tiny_model",
+    "UndoHandle",
 ]

@@ -7,18 +7,17 @@ lazily with :meth:`ActivationSet.open`.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 
+from . import artifacts
 from . import sites as _sites
-from .version import library_version
 
 _META = "activations.json"
+_FORMAT = "policylens.ActivationSet/1"
+_WHAT = "ActivationSet"
 _INDEX_KEY = "__index__"
 
 
@@ -75,8 +74,6 @@ class ActivationSet:
     # ---------------------------------------------------------------- persistence
     def _meta_json(self, shards: list[str]) -> dict:
         return {
-            "format": "policylens.ActivationSet/1",
-            "library_version": library_version(),
             "sites": self.sites,
             "prompts": self.prompts,
             "positions": self.positions if isinstance(self.positions, (str, int, list)) else "mask",
@@ -92,8 +89,8 @@ class ActivationSet:
         tensors = {k: v.contiguous() for k, v in self.tensors.items()}
         if self.index is not None:
             tensors[_INDEX_KEY] = self.index.contiguous()
-        save_file(tensors, str(d / "shard-00000.safetensors"))
-        (d / _META).write_text(json.dumps(self._meta_json(["shard-00000.safetensors"]), indent=1))
+        artifacts.write_tensors(d / "shard-00000.safetensors", tensors)
+        artifacts.write_meta(d / _META, self._meta_json(["shard-00000.safetensors"]), _FORMAT, indent=1)
         return d
 
     @classmethod
@@ -114,13 +111,12 @@ class ShardedActivations:
     """A lazy view over a saved capture: read one site (or one shard) at a time."""
 
     def __init__(self, directory: Path):
-        meta_path = directory / _META
-        if not meta_path.exists():
-            raise FileNotFoundError(f"No {_META} in {directory}: not a saved ActivationSet.")
-        self.directory = directory
-        self.meta_json = json.loads(meta_path.read_text())
-        if not str(self.meta_json.get("format", "")).startswith("policylens.ActivationSet/"):
-            raise ValueError(f"{meta_path} is not a policylens ActivationSet (format={self.meta_json.get('format')!r}).")
+        self.directory = artifacts.require(directory, _META, what=_WHAT, writer="ActivationSet.save or capture(out_dir=)")
+        self.meta_json = artifacts.read_meta(directory / _META, "policylens.ActivationSet/", _WHAT, prefix=True)
+        for key in ("sites", "prompts", "shards", "has_index"):
+            if key not in self.meta_json:
+                raise artifacts.ArtifactError(f"{str(directory / _META)!r} is an incomplete {_WHAT}: it has no {key!r}.")
+        artifacts.require(directory, *self.meta_json["shards"], what=_WHAT, writer="ActivationSet.save or capture(out_dir=)")
         self.sites = list(self.meta_json["sites"])
         self.prompts = list(self.meta_json["prompts"])
 
@@ -131,7 +127,9 @@ class ShardedActivations:
     def load_site(self, site: str) -> torch.Tensor:
         parts = []
         for p in self.shard_paths:
-            with safe_open(str(p), framework="pt") as f:
+            with artifacts.open_tensors(p, _WHAT) as f:
+                if site not in f.keys():
+                    raise artifacts.ArtifactError(f"{str(p)!r} has no tensor {site!r}: the {_WHAT} is inconsistent.")
                 parts.append(f.get_tensor(site))
         return torch.cat(parts) if parts else torch.empty(0)
 
@@ -143,7 +141,7 @@ class ShardedActivations:
     def iter_shards(self):
         """Yield one in-memory ``dict[site, Tensor]`` per shard."""
         for p in self.shard_paths:
-            with safe_open(str(p), framework="pt") as f:
+            with artifacts.open_tensors(p, _WHAT) as f:
                 yield {k: f.get_tensor(k) for k in f.keys()}
 
 
@@ -173,7 +171,7 @@ class ShardWriter:
         if not self.rows:
             return
         name = f"shard-{len(self.shards):05d}.safetensors"
-        save_file({k: torch.cat(v).contiguous() for k, v in self.buffer.items()}, str(self.directory / name))
+        artifacts.write_tensors(self.directory / name, {k: torch.cat(v) for k, v in self.buffer.items()})
         self.shards.append(name)
         self.buffer, self.rows = {}, 0
 
@@ -182,5 +180,5 @@ class ShardWriter:
         stub = ActivationSet({s: torch.empty(0) for s in self.sites}, self.prompts, self.positions, None, self.meta)
         meta = stub._meta_json(self.shards)
         meta["has_index"] = has_index
-        (self.directory / _META).write_text(json.dumps(meta, indent=1))
+        artifacts.write_meta(self.directory / _META, meta, _FORMAT, indent=1)
         return ShardedActivations(self.directory)

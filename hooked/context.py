@@ -7,6 +7,8 @@ from typing import Callable
 
 import torch
 
+from .handles import UndoHandle
+
 
 @dataclass
 class HookContext:
@@ -43,7 +45,7 @@ HookFn = Callable[[torch.Tensor, HookContext], "torch.Tensor | None"]
 
 
 @dataclass
-class HookHandle:
+class HookHandle(UndoHandle):
     """Hooks registered on a :class:`~hooked.HookedModel`.
 
     Use as a context manager (``with model.hooks({...}):``) or keep it and call
@@ -55,7 +57,7 @@ class HookHandle:
     entries: list = field(default_factory=list)  # [(site, fn)]
     metadata: dict = field(default_factory=dict)
 
-    def remove(self) -> None:
+    def _undo(self) -> None:
         for site, fn in self.entries:
             fns = self._registry.get(site, [])
             for i, f in enumerate(fns):
@@ -69,9 +71,3 @@ class HookHandle:
     @property
     def active(self) -> bool:
         return bool(self.entries)
-
-    def __enter__(self) -> "HookHandle":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.remove()

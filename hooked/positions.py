@@ -1,48 +1,115 @@
-"""Token-position selection over left-padded batches.
+"""Token positions: one vocabulary and one parser for every package.
 
-Every position spec counts over each prompt's *real* tokens, so padding never
-leaks into a result:
+Every position counts over each prompt's *real* tokens (index 0 = the first real
+token, whatever the left padding), so padding never leaks into a result. The words:
 
-- ``"last"``: the last real token of each prompt  -> one row per prompt
-- ``"mean"``: mean over the real tokens            -> one row per prompt
-- ``int``: index among real tokens (negative from the end) -> one row per prompt
-- ``"all"``: every real token                       -> ragged rows + index
-- ``list[int]``: these indices of every prompt      -> ragged rows + index
+- ``"last"``: the last real token of each prompt       (capture, extract)
+- ``"mean"``: mean over the real tokens                (capture, extract)
+- ``int``: index among real tokens, negative from the end (everywhere)
+- ``list[int]``: these indices of every prompt         (capture, steering, patching)
+- ``"all"``: every real token                          (capture, steering, patching)
 - a bool mask ``[n_prompts, max_len]`` (or a list of per-prompt bool lists),
-  aligned with each prompt's real tokens           -> ragged rows + index
+  aligned with each prompt's real tokens              (capture)
+- ``"prompt"`` / ``"generated"``: the prompt's tokens / the tokens ``generate`` adds (steering)
+- ``"each"``: one patching column per real-token index  (patching)
+
+:func:`parse` turns a spec into a :class:`PositionSpec` and checks it against the words a
+caller accepts (:data:`CAPTURE`, :data:`WRITE`, :data:`PER_PROMPT`, :data:`PATCH`);
+:func:`select` reads the selected rows of a captured activation; :func:`token_mask` says
+which slots of one forward call a hook writes.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 
-PER_PROMPT = ("last", "mean")
+# Kinds of spec. "index" is one int, "indices" a list of ints, "mask" a per-prompt bool mask.
+WORDS = ("last", "mean", "all", "prompt", "generated", "each")
+CAPTURE = ("last", "mean", "all", "index", "indices", "mask")  # HookedModel.capture / logits
+WRITE = ("all", "prompt", "generated", "index", "indices")  # steering, ablation
+PER_PROMPT = ("last", "mean", "index")  # one row per prompt (extract)
+PATCH = ("each", "all", "index", "indices")  # activation patching columns
+
+_SAY = {
+    "last": "'last'",
+    "mean": "'mean'",
+    "all": "'all'",
+    "prompt": "'prompt'",
+    "generated": "'generated'",
+    "each": "'each'",
+    "index": "an int",
+    "indices": "a list of ints",
+    "mask": "a bool mask",
+}
+
+
+@dataclass(frozen=True)
+class PositionSpec:
+    """A parsed position spec: its ``kind`` (a word, ``"index"``, ``"indices"`` or ``"mask"``) and ints."""
+
+    kind: str
+    indices: tuple[int, ...] = ()
+    value: object = field(default=None, compare=False, repr=False)  # the spec as given
+
+    @property
+    def per_prompt(self) -> bool:
+        """One row per prompt (``last``, ``mean``, one index) rather than ragged rows."""
+        return self.kind in PER_PROMPT
+
+
+def vocabulary(allowed) -> str:
+    words = [_SAY[k] for k in allowed]
+    return ", ".join(words[:-1]) + " or " + words[-1] if len(words) > 1 else words[0]
+
+
+def _is_int(p) -> bool:
+    return isinstance(p, int) and not isinstance(p, bool)
+
+
+def parse(positions, allowed=CAPTURE, reason: str | None = None) -> PositionSpec:
+    """Parse ``positions`` and check its kind is in ``allowed``; errors list what would work.
+
+    ``reason`` completes the message for a valid spec of a kind the caller does not take
+    (``"positions=[0, 1] would not give one activation per prompt; use ..."``).
+    """
+    use = f"use {vocabulary(allowed)} (ints index each prompt's real tokens, negative counts from the end)"
+    if isinstance(positions, PositionSpec):
+        spec = positions
+    elif isinstance(positions, str):
+        if positions not in WORDS or (positions not in allowed and reason is None):
+            raise ValueError(f"Unknown positions {positions!r}; {use}.")
+        spec = PositionSpec(positions, value=positions)
+    elif isinstance(positions, bool):
+        raise TypeError(f"positions=True/False is ambiguous; {use}.")
+    elif _is_int(positions):
+        spec = PositionSpec("index", (positions,), value=positions)
+    elif isinstance(positions, (list, tuple)) and all(_is_int(p) for p in positions):
+        if not positions:
+            raise ValueError(f"positions=[] selects nothing; pass at least one token index, or {use[4:]}.")
+        spec = PositionSpec("indices", tuple(positions), value=positions)
+    elif isinstance(positions, torch.Tensor) and positions.dtype == torch.bool and positions.dim() == 2:
+        spec = PositionSpec("mask", value=positions)
+    elif isinstance(positions, (list, tuple)) and positions and all(
+        isinstance(p, (list, tuple, torch.Tensor)) for p in positions
+    ):
+        spec = PositionSpec("mask", value=positions)
+    else:
+        raise TypeError(f"positions must be {vocabulary(allowed)}; got {type(positions).__name__} {positions!r}.")
+    if spec.kind not in allowed:
+        raise ValueError(f"positions={spec.value!r} {reason or 'is not accepted here'}; {use}.")
+    return spec
 
 
 def validate(positions) -> None:
-    if isinstance(positions, str):
-        if positions not in ("last", "mean", "all"):
-            raise ValueError(
-                f"Unknown positions {positions!r}; use 'last', 'mean', 'all', an int, a list of ints or a bool mask."
-            )
-        return
-    if isinstance(positions, bool):
-        raise TypeError("positions=True/False is ambiguous; use 'all' or a bool mask.")
-    if isinstance(positions, int):
-        return
-    if isinstance(positions, (list, tuple)) and positions and all(isinstance(p, int) and not isinstance(p, bool) for p in positions):
-        return
-    if isinstance(positions, torch.Tensor) and positions.dtype == torch.bool and positions.dim() == 2:
-        return
-    if isinstance(positions, (list, tuple)) and positions and all(isinstance(p, (list, tuple, torch.Tensor)) for p in positions):
-        return
-    raise TypeError(
-        f"positions must be 'last', 'mean', 'all', an int, a list of ints or a bool mask; got {positions!r}."
-    )
+    """Check a capture spec (see :data:`CAPTURE`)."""
+    parse(positions, CAPTURE)
 
 
 def is_ragged(positions) -> bool:
-    return not (isinstance(positions, int) or positions in PER_PROMPT)
+    """Whether a capture spec gives ragged rows (plus an index) rather than one row per prompt."""
+    return not parse(positions, CAPTURE).per_prompt
 
 
 def _mask_for(positions, prompt_offset: int, lengths: torch.Tensor) -> torch.Tensor:
@@ -121,3 +188,36 @@ def realign_keys(pattern_rows: torch.Tensor, attention_mask: torch.Tensor, row_p
         n = int(lengths[r])
         out[i, :, :n] = pattern_rows[i, :, t - n :]
     return out
+
+
+def token_mask(
+    positions,
+    token_positions: torch.Tensor,
+    is_generated: torch.Tensor | None = None,
+    prompt_lengths: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Boolean ``[B, T]`` mask of the slots of one forward call to write (a :data:`WRITE` spec).
+
+    ``token_positions[b, t]`` is the index of slot ``t`` among row ``b``'s real tokens
+    (``-1`` for padding, which is never selected; :attr:`hooked.HookContext.positions`);
+    ``is_generated[b, t]`` marks tokens produced by ``generate``. Integer positions index
+    each row's *prompt* tokens; negative ones count from the prompt's end (``-1`` = last
+    prompt token), so they need ``prompt_lengths``.
+    """
+    spec = parse(positions, WRITE)
+    real = token_positions >= 0
+    gen = is_generated.to(torch.bool) if is_generated is not None else torch.zeros_like(real)
+    if spec.kind == "all":
+        return real
+    if spec.kind == "prompt":
+        return real & ~gen
+    if spec.kind == "generated":
+        return real & gen
+    idx = torch.as_tensor(spec.indices, device=token_positions.device)
+    idx = idx.view(1, -1).expand(token_positions.shape[0], -1)
+    if (idx < 0).any():
+        if prompt_lengths is None:
+            raise ValueError("Negative token positions count from the prompt's end and need the prompt lengths.")
+        idx = torch.where(idx < 0, idx + prompt_lengths.to(idx.device).view(-1, 1), idx)
+    hit = (token_positions.unsqueeze(-1) == idx.unsqueeze(1)).any(-1)
+    return hit & real & ~gen

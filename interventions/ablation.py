@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import torch
 
+from hooked.handles import UndoHandle
+
 from . import operators as ops
 
 
@@ -67,7 +69,7 @@ def ablate_direction(model, direction, positions="all"):
     return attach(model, {s: u for s in ablation_sites(model)}, multiplier=1.0, positions=positions, operator="ablate")
 
 
-class WeightEdit:
+class WeightEdit(UndoHandle):
     """Handle of :func:`orthogonalize_weights`; ``.remove()`` (or leaving ``with``) restores the weights."""
 
     def __init__(self, model, saved, untied):
@@ -79,19 +81,13 @@ class WeightEdit:
     def active(self) -> bool:
         return bool(self._saved) or bool(self._untied)
 
-    def remove(self) -> None:
+    def _undo(self) -> None:
         with torch.no_grad():
             for p, data in self._saved:
                 p.copy_(data)
         for module, attr, param in self._untied:
             setattr(module, attr, param)
         self._saved, self._untied = [], []
-
-    def __enter__(self) -> "WeightEdit":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.remove()
 
 
 @torch.no_grad()

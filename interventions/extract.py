@@ -1,7 +1,7 @@
 """Extract steering vectors from contrastive pairs.
 
 A contrastive pair is ``(positive, negative)``: two prompts that differ in the
-behaviour to steer. Activations are read at ``position`` (default ``"last"``: each
+behaviour to steer. Activations are read at ``positions`` (default ``"last"``: each
 prompt's last *real* token, counted after left padding is removed, so padding can
 never shift the read position) and reduced per site:
 
@@ -20,9 +20,13 @@ never shift the read position) and reduced per site:
 
 from __future__ import annotations
 
+import warnings
 from typing import Sequence
 
 import torch
+
+from hooked import positions as P
+from hooked import sites as _sites
 
 from .steering import SteeringVector
 from ._common import check_writable_site
@@ -106,24 +110,26 @@ def extract(
     pairs: Sequence[tuple[str, str]],
     sites,
     method: str = "mean_diff",
-    position="last",
+    positions="last",
     normalize: bool = False,
     batch_size: int = 16,
     progress=None,
+    position=None,
     **method_kwargs,
 ) -> SteeringVector:
-    """Read activations of ``(positive, negative)`` pairs at ``position`` and build a vector per site.
+    """Read activations of ``(positive, negative)`` pairs at ``positions`` and build a vector per site.
 
     ``sites`` is a site name, wildcard or list (``"resid_post.12"``, ``["resid_post.10",
-    "resid_post.11"]``). ``position`` is passed to :meth:`hooked.HookedModel.capture`
-    (``"last"`` real token by default, ``"mean"``, or an index among real tokens).
+    "resid_post.11"]``). ``positions`` is passed to :meth:`hooked.HookedModel.capture`
+    (``"last"`` real token by default, ``"mean"``, or an index among real tokens; see
+    :mod:`hooked.positions`). The old keyword ``position=`` still works with a DeprecationWarning.
     ``normalize=True`` scales each vector to unit norm.
 
     Reproducing CAA (Rimsky et al. 2024, "Steering Llama 2 via Contrastive Activation Addition",
     arXiv 2312.06681; reference nrimsky/CAA): each prompt is the A/B question followed by the
     answer letter and its closing bracket, e.g. ``"... [/INST] (A)"``, and CAA reads the residual
     stream at the **answer letter, position -2** (``activations[0, -2]`` in
-    ``generate_vectors.py``), so use ``method="mean_diff", position=-2`` (not the default
+    ``generate_vectors.py``), so use ``method="mean_diff", positions=-2`` (not the default
     ``"last"``, which reads the closing bracket). When steering, CAA adds the vector at every
     position **after the end of the instruction** (``add_vector_after_position`` with ``after`` =
     the last token of ``[/INST]``): the prompt's own tokens after the instruction and every
@@ -133,21 +139,21 @@ def extract(
     for a scored forward with no generation. ``positions="all"`` also steers the instruction
     itself, which CAA does not.
     """
+    if position is not None:
+        if positions != "last":
+            raise TypeError("extract got both positions= and the deprecated position=; pass positions= only.")
+        warnings.warn("extract(position=) is deprecated; use positions= (the one name across policylens).",
+                      DeprecationWarning, stacklevel=2)
+        positions = position
     if method not in METHODS:
         raise ValueError(f"Unknown extraction method {method!r}; choose one of {list(METHODS)}.")
-    if not (position in ("last", "mean") or (isinstance(position, int) and not isinstance(position, bool))):
-        raise ValueError(
-            f"position={position!r} would not give one activation per prompt; use 'last' (default), 'mean' or an "
-            "int index among each prompt's real tokens (negative counts from the end)."
-        )
-    from hooked import sites as _sites
-
+    P.parse(positions, P.PER_PROMPT, reason="would not give one activation per prompt")
     names = _sites.expand(model, sites)
     for n in names:
         check_writable_site(model, n)
     positives, negatives = _split_pairs(pairs)
-    acts_p = model.capture(positives, sites=names, positions=position, batch_size=batch_size, progress=progress)
-    acts_n = model.capture(negatives, sites=names, positions=position, batch_size=batch_size, progress=progress)
+    acts_p = model.capture(positives, sites=names, positions=positions, batch_size=batch_size, progress=progress)
+    acts_n = model.capture(negatives, sites=names, positions=positions, batch_size=batch_size, progress=progress)
     vectors = {}
     for n in names:
         p, q = acts_p[n], acts_n[n]
@@ -162,7 +168,7 @@ def extract(
         vectors=vectors,
         model_name=getattr(model, "name", None),
         method=method,
-        read_position=position,
+        read_position=positions,
         normalization="none",
         n_pairs=len(positives),
         metadata={"method_kwargs": {k: v for k, v in method_kwargs.items()}},

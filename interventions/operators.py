@@ -1,4 +1,4 @@
-"""Pure tensor operators for writing into activations, and position selection.
+"""Pure tensor operators for writing into activations (positions: :mod:`hooked.positions`).
 
 Every operator takes an activation ``act`` whose trailing dimensions match the
 vector's shape (``[B, T, d]`` with a ``[d]`` vector for residual-stream sites,
@@ -19,15 +19,16 @@ With ``v`` the steering vector, ``m`` the multiplier and ``u = v / ||v||``:
 from __future__ import annotations
 
 import math
-from typing import Sequence
-
 import torch
+
+from hooked import positions as P
+from hooked.positions import token_mask as position_mask  # noqa: F401  (the one home is hooked.positions)
 
 OPERATORS = ("add", "ablate", "clamp")
 POSITION_MODES = ("all", "prompt", "generated")
 
 
-def _check_shapes(act: torch.Tensor, vector: torch.Tensor) -> None:
+def check_shapes(act: torch.Tensor, vector: torch.Tensor) -> None:
     k = vector.dim()
     if k == 0 or act.dim() < k or tuple(act.shape[-k:]) != tuple(vector.shape):
         raise ValueError(
@@ -36,7 +37,7 @@ def _check_shapes(act: torch.Tensor, vector: torch.Tensor) -> None:
         )
 
 
-def _apply_mask(act: torch.Tensor, new: torch.Tensor, mask: torch.Tensor | None, k: int) -> torch.Tensor:
+def apply_mask(act: torch.Tensor, new: torch.Tensor, mask: torch.Tensor | None, k: int) -> torch.Tensor:
     if mask is None:
         return new
     mask = mask.to(device=act.device, dtype=torch.bool)
@@ -69,26 +70,26 @@ def unit(vector: torch.Tensor) -> torch.Tensor:
 
 def add(act: torch.Tensor, vector: torch.Tensor, multiplier: float = 1.0, mask: torch.Tensor | None = None) -> torch.Tensor:
     """Activation addition ``x' = x + m v`` at the masked positions."""
-    _check_shapes(act, vector)
+    check_shapes(act, vector)
     delta = (float(multiplier) * vector.to(device=act.device, dtype=torch.float32)).to(act.dtype)
-    return _apply_mask(act, act + delta, mask, vector.dim())
+    return apply_mask(act, act + delta, mask, vector.dim())
 
 
 def ablate(act: torch.Tensor, vector: torch.Tensor, multiplier: float = 1.0, mask: torch.Tensor | None = None) -> torch.Tensor:
     """Directional ablation ``x' = x - m (x . u) u`` (Arditi et al. 2024 with ``m = 1``)."""
-    _check_shapes(act, vector)
+    check_shapes(act, vector)
     u = unit(vector).to(act.device)
     new = (act.float() - float(multiplier) * _projection(act, u) * u).to(act.dtype)
-    return _apply_mask(act, new, mask, vector.dim())
+    return apply_mask(act, new, mask, vector.dim())
 
 
 def clamp(act: torch.Tensor, vector: torch.Tensor, multiplier: float = 1.0, mask: torch.Tensor | None = None) -> torch.Tensor:
     """Clamp the coordinate along ``u``: ``x' = x - (x . u) u + m ||v|| u``."""
-    _check_shapes(act, vector)
+    check_shapes(act, vector)
     u = unit(vector).to(act.device)
     target = float(multiplier) * float(vector.float().norm())
     new = (act.float() + (target - _projection(act, u)) * u).to(act.dtype)
-    return _apply_mask(act, new, mask, vector.dim())
+    return apply_mask(act, new, mask, vector.dim())
 
 
 OPERATOR_FNS = {"add": add, "ablate": ablate, "clamp": clamp}
@@ -101,58 +102,8 @@ def get_operator(name: str):
 
 
 def check_positions(positions) -> None:
-    """Validate a position spec: 'all' | 'prompt' | 'generated' | int | list of ints."""
-    if isinstance(positions, str):
-        if positions not in POSITION_MODES:
-            raise ValueError(
-                f"Unknown positions {positions!r}; use 'all', 'prompt', 'generated', an int or a list of ints "
-                "(indices among each prompt's real tokens, negative counts from the prompt's end)."
-            )
-        return
-    if isinstance(positions, bool):
-        raise TypeError("positions=True/False is ambiguous; use 'all', 'prompt', 'generated' or token indices.")
-    if isinstance(positions, int):
-        return
-    if isinstance(positions, Sequence) and all(isinstance(p, int) and not isinstance(p, bool) for p in positions):
-        if len(positions) == 0:
-            raise ValueError("positions=[] selects nothing; pass at least one token index or 'all'.")
-        return
-    raise TypeError(
-        f"positions must be 'all', 'prompt', 'generated', an int or a list of ints; got {type(positions).__name__} {positions!r}."
-    )
-
-
-def position_mask(
-    positions,
-    token_positions: torch.Tensor,
-    is_generated: torch.Tensor | None = None,
-    prompt_lengths: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Boolean ``[B, T]`` mask of the slots to write.
-
-    ``token_positions[b, t]`` is the index of slot ``t`` among row ``b``'s real tokens
-    (``-1`` for padding, which is never selected); ``is_generated[b, t]`` marks tokens
-    produced by ``generate``. Integer positions index each row's *prompt* tokens;
-    negative ones count from the prompt's end (``-1`` = last prompt token), so they
-    need ``prompt_lengths``.
-    """
-    check_positions(positions)
-    real = token_positions >= 0
-    gen = is_generated.to(torch.bool) if is_generated is not None else torch.zeros_like(real)
-    if positions == "all":
-        return real
-    if positions == "prompt":
-        return real & ~gen
-    if positions == "generated":
-        return real & gen
-    idx = torch.as_tensor([positions] if isinstance(positions, int) else list(positions), device=token_positions.device)
-    idx = idx.view(1, -1).expand(token_positions.shape[0], -1)
-    if (idx < 0).any():
-        if prompt_lengths is None:
-            raise ValueError("Negative token positions count from the prompt's end and need the prompt lengths.")
-        idx = torch.where(idx < 0, idx + prompt_lengths.to(idx.device).view(-1, 1), idx)
-    hit = (token_positions.unsqueeze(-1) == idx.unsqueeze(1)).any(-1)
-    return hit & real & ~gen
+    """Validate a write position spec (:data:`hooked.positions.WRITE`): 'all' | 'prompt' | 'generated' | int | list of ints."""
+    P.parse(positions, P.WRITE)
 
 
 def check_finite(name: str, value) -> None:

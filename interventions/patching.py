@@ -22,6 +22,10 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import torch
+from tqdm.auto import tqdm
+
+from hooked import positions as P
+from hooked import sites as _sites
 
 from ._common import check_writable_site, token_ids
 from .evaluate import logit_difference
@@ -34,7 +38,7 @@ class CleanRun:
     acts: dict[str, torch.Tensor]
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
-    metric: float
+    metric: float | torch.Tensor  # whatever metric(logits) returns, e.g. one value per sequence
 
 
 @dataclass
@@ -90,9 +94,12 @@ def _check_models(src, dst) -> None:
 
 
 @torch.no_grad()
-def run_clean(model, clean: Sequence[str], sites: Sequence[str], metric: Callable | None = None) -> CleanRun:
-    """Run ``model`` on the clean prompts and keep every site's activation ``[B, T, ...]``."""
-    enc = model.tokenize(_as_list(clean))
+def record(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, sites: Sequence[str],
+           metric: Callable | None = None) -> CleanRun:
+    """Run ``model`` on already tokenised inputs and keep every site's activation ``[B, T, ...]``.
+
+    ``metric(logits)`` may return a number or a tensor (e.g. one value per sequence).
+    """
     acts: dict[str, torch.Tensor] = {}
 
     def store(site):
@@ -102,27 +109,50 @@ def run_clean(model, clean: Sequence[str], sites: Sequence[str], metric: Callabl
         return fn
 
     with model.hooks({s: store(s) for s in sites}):
-        logits = model.forward(enc["input_ids"], enc["attention_mask"])
-    return CleanRun(acts, enc["input_ids"], enc["attention_mask"], metric(logits) if metric else float("nan"))
+        logits = model.forward(input_ids, attention_mask)
+    return CleanRun(acts, input_ids, attention_mask, metric(logits) if metric else float("nan"))
 
 
-def _patch_hook(clean_act: torch.Tensor, positions):
+@torch.no_grad()
+def run_clean(model, clean: Sequence[str], sites: Sequence[str], metric: Callable | None = None) -> CleanRun:
+    """Run ``model`` on the clean prompts and keep every site's activation ``[B, T, ...]``."""
+    enc = model.tokenize(_as_list(clean))
+    return record(model, enc["input_ids"], enc["attention_mask"], sites, metric)
+
+
+def _patch_hook(clean_act: torch.Tensor, spec: P.PositionSpec):
     def fn(act, ctx):
         if clean_act.shape != act.shape:
             raise ValueError(
                 f"Clean activation at {ctx.site} has shape {tuple(clean_act.shape)} but the corrupted run has "
                 f"{tuple(act.shape)}; the two runs must tokenize to the same layout."
             )
-        real = ctx.positions >= 0
-        if positions == "all":
-            mask = real
-        else:
-            idx = torch.as_tensor(list(positions), dtype=torch.long, device=ctx.positions.device)
-            mask = real & (ctx.positions.unsqueeze(-1) == idx).any(-1) if idx.numel() else torch.zeros_like(real)
+        mask = P.token_mask(spec, ctx.positions, ctx.is_generated, ctx.prompt_lengths)
         mask = mask.to(act.device).reshape(*mask.shape, *([1] * (act.dim() - 2)))
         return torch.where(mask, clean_act.to(device=act.device, dtype=act.dtype), act)
 
     return fn
+
+
+@torch.no_grad()
+def patch_forward(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, clean_run: CleanRun,
+                  patches: dict) -> torch.Tensor:
+    """Logits of ``model`` on tokenised inputs with ``{site: positions}`` patched from ``clean_run``.
+
+    ``positions`` is ``"all"``, an int or a list of real-token indices (:mod:`hooked.positions`;
+    ``[]`` patches nothing). The inputs must have the clean run's layout.
+    """
+    hooks = {}
+    for site, pos in patches.items():
+        if site not in clean_run.acts:
+            raise ValueError(f"The clean run has no activations for {site!r}; it captured {sorted(clean_run.acts)}.")
+        if isinstance(pos, (list, tuple)) and not pos:
+            continue
+        hooks[site] = _patch_hook(clean_run.acts[site], P.parse(pos, P.WRITE))
+    if not hooks:
+        return model.forward(input_ids, attention_mask)
+    with model.hooks(hooks):
+        return model.forward(input_ids, attention_mask)
 
 
 @torch.no_grad()
@@ -141,15 +171,7 @@ def run_patched(model, corrupted: Sequence[str], clean_run: CleanRun, patches: d
             f"Clean and corrupted prompts must have the same number of tokens pair by pair; clean lengths {lc}, "
             f"corrupted lengths {lk}. Reword them so positions align (e.g. swap single-token names)."
         )
-    hooks = {}
-    for site, pos in patches.items():
-        if site not in clean_run.acts:
-            raise ValueError(f"The clean run has no activations for {site!r}; it captured {sorted(clean_run.acts)}.")
-        hooks[site] = _patch_hook(clean_run.acts[site], pos)
-    if not hooks:
-        return model.forward(enc["input_ids"], enc["attention_mask"])
-    with model.hooks(hooks):
-        return model.forward(enc["input_ids"], enc["attention_mask"])
+    return patch_forward(model, enc["input_ids"], enc["attention_mask"], clean_run, patches)
 
 
 @torch.no_grad()
@@ -202,9 +224,6 @@ def activation_patching(
     metric; or pass ``metric(logits) -> float``. Several columns of one site run as
     one forward of up to ``max_batch`` rows (the corrupted batch repeated per column).
     """
-    from hooked import sites as _sites
-    from tqdm.auto import tqdm
-
     clean, corrupted = _as_list(clean), _as_list(corrupted)
     if len(clean) != len(corrupted) or not clean:
         raise ValueError(f"Need as many clean as corrupted prompts (and at least one); got {len(clean)} and {len(corrupted)}.")
@@ -231,13 +250,14 @@ def activation_patching(
             "there is nothing to recover; pick prompts/answers whose metric differs."
         )
     n_real = int(clean_run.attention_mask.sum(1).max())
-    if positions == "each":
+    spec = P.parse(positions, P.PATCH)
+    if spec.kind == "each":
         cols = list(range(n_real))
-    elif positions == "all":
+    elif spec.kind == "all":
         cols = ["all"]
     else:
-        cols = [positions] if isinstance(positions, int) else list(positions)
-        bad = [p for p in cols if not isinstance(p, int) or not 0 <= p < n_real]
+        cols = list(spec.indices)
+        bad = [p for p in cols if not 0 <= p < n_real]
         if bad:
             raise ValueError(f"Positions {bad} are outside 0..{n_real - 1} (indices among the prompts' real tokens).")
     patched = torch.zeros(len(names), len(cols))

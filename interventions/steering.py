@@ -14,15 +14,15 @@ generation each decode step is a one-token forward) or both.
 
 from __future__ import annotations
 
-import json
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
 import torch
-from safetensors.torch import load_file, save_file
-
+from hooked import artifacts
+from hooked import positions as P
+from hooked.handles import UndoHandle
 from hooked.version import library_version
 
 from . import operators as ops
@@ -111,9 +111,8 @@ class SteeringVector:
         """Write ``path/steering.safetensors`` (tensors) and ``path/steering.json`` (metadata)."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        save_file({s: v.contiguous() for s, v in self.vectors.items()}, str(path / _WEIGHTS))
+        artifacts.write_tensors(path / _WEIGHTS, self.vectors)
         meta = {
-            "format": _FORMAT,
             "sites": self.sites,
             "model_name": self.model_name,
             "method": self.method,
@@ -123,24 +122,18 @@ class SteeringVector:
             "metadata": self.metadata,
             "version": self.version,
         }
-        (path / _META).write_text(json.dumps(meta, indent=2))
+        artifacts.write_meta(path / _META, meta, _FORMAT)
         return path
 
     @classmethod
     def load(cls, path) -> "SteeringVector":
         """Read a vector written by :meth:`save` (safetensors + JSON; no code is executed)."""
-        path = Path(path)
-        if not (path / _WEIGHTS).exists() or not (path / _META).exists():
-            raise FileNotFoundError(
-                f"No steering vector at {path}: expected {_WEIGHTS} and {_META} written by SteeringVector.save."
-            )
-        meta = json.loads((path / _META).read_text())
-        if meta.get("format") != _FORMAT:
-            raise ValueError(f"{path / _META} has format {meta.get('format')!r}; this version reads {_FORMAT!r}.")
-        tensors = load_file(str(path / _WEIGHTS))
-        if sorted(tensors) != sorted(meta["sites"]):
-            raise ValueError(
-                f"{path} is inconsistent: the JSON lists sites {meta['sites']} but the tensors are {sorted(tensors)}."
+        path = artifacts.require(path, _WEIGHTS, _META, what="steering vector", writer="SteeringVector.save")
+        meta = artifacts.read_meta(path / _META, _FORMAT, "steering vector")
+        tensors = artifacts.read_tensors(path / _WEIGHTS, "steering vector")
+        if sorted(tensors) != sorted(meta.get("sites", [])):
+            raise artifacts.ArtifactError(
+                f"{path} is inconsistent: the JSON lists sites {meta.get('sites')} but the tensors are {sorted(tensors)}."
             )
         return cls(
             vectors={s: tensors[s] for s in meta["sites"]},
@@ -172,7 +165,7 @@ class SteeringVector:
         return f"SteeringVector({norms}; method={self.method!r}, model={self.model_name!r})"
 
 
-class SteeringHandle:
+class SteeringHandle(UndoHandle):
     """The hooks of one ``apply`` call; removing it detaches every site at once."""
 
     def __init__(self, handle, sites, multiplier, positions, operator, source=None):
@@ -187,14 +180,8 @@ class SteeringHandle:
     def active(self) -> bool:
         return bool(getattr(self._handle, "active", True))
 
-    def remove(self) -> None:
+    def _undo(self) -> None:
         self._handle.remove()
-
-    def __enter__(self) -> "SteeringHandle":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.remove()
 
     def __repr__(self) -> str:
         state = "active" if self.active else "removed"
@@ -208,12 +195,12 @@ def make_hook(vector: torch.Tensor, multiplier: float, positions="all", operator
     e.g. the prompt pass with ``positions="generated"``.
     """
     op = ops.get_operator(operator)
-    ops.check_positions(positions)
+    spec = P.parse(positions, P.WRITE)
     m = float(multiplier)
     cache: dict = {}
 
     def hook(act: torch.Tensor, ctx):
-        mask = ops.position_mask(positions, ctx.positions, ctx.is_generated, ctx.prompt_lengths)
+        mask = P.token_mask(spec, ctx.positions, ctx.is_generated, ctx.prompt_lengths)
         if not bool(mask.any()):
             return None
         if bool(mask.all()):
@@ -222,9 +209,9 @@ def make_hook(vector: torch.Tensor, multiplier: float, positions="all", operator
         if operator == "add":
             delta = cache.get(key)
             if delta is None:
-                ops._check_shapes(act, vector)
+                ops.check_shapes(act, vector)
                 delta = cache[key] = (m * vector.to(device=act.device, dtype=torch.float32)).to(act.dtype)
-            return act + delta if mask is None else ops._apply_mask(act, act + delta, mask, vector.dim())
+            return act + delta if mask is None else ops.apply_mask(act, act + delta, mask, vector.dim())
         v = cache.get(key)
         if v is None:
             v = cache[key] = vector.to(device=act.device)
@@ -236,7 +223,7 @@ def make_hook(vector: torch.Tensor, multiplier: float, positions="all", operator
 def attach(model, vectors: Mapping[str, torch.Tensor], multiplier=1.0, positions="all", operator="add", source=None):
     """Validate and register steering hooks for ``{site: vector}``; see :meth:`SteeringVector.apply`."""
     ops.get_operator(operator)
-    ops.check_positions(positions)
+    P.parse(positions, P.WRITE)
     if isinstance(multiplier, Mapping):
         missing = [s for s in vectors if s not in multiplier]
         if missing:

@@ -7,14 +7,12 @@ normalisation, class gap, library version). :func:`to_steering` turns one into t
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 
-from hooked.version import library_version
+from hooked import artifacts
 
 from .linear import LinearProbe
 
@@ -44,11 +42,9 @@ def save_probe(probe: LinearProbe, path, *, model=None, site: str | None = None,
         "scale": torch.as_tensor(probe.scale_, dtype=torch.float64),
         "direction": probe.direction_.contiguous(),
     }
-    save_file(tensors, str(path / _TENSORS))
+    artifacts.write_tensors(path / _TENSORS, tensors)
     model_name = model if isinstance(model, str) or model is None else getattr(model, "name", None)
     meta = {
-        "format": FORMAT,
-        "library_version": library_version(),
         "model": model_name,
         "site": site,
         "layer": _layer_of(site),
@@ -66,20 +62,18 @@ def save_probe(probe: LinearProbe, path, *, model=None, site: str | None = None,
         "dataset": dataset,
         "extra": extra or {},
     }
-    (path / _META).write_text(json.dumps(meta, indent=2, default=str))
+    artifacts.write_meta(path / _META, meta, FORMAT)
     return path
 
 
 def load_probe(path):
     """Load a probe saved by :func:`save_probe`: returns ``(LinearProbe, metadata)``."""
-    path = Path(path)
-    if not (path / _TENSORS).is_file() or not (path / _META).is_file():
-        raise ValueError(f"{str(path)!r} is not a saved probe: it needs {_TENSORS} and {_META} "
-                         "(written by probes.save_probe).")
-    meta = json.loads((path / _META).read_text())
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"{str(path)!r} has format {meta.get('format')!r}; this version reads {FORMAT!r}.")
-    t = load_file(str(path / _TENSORS))
+    path = artifacts.require(path, _TENSORS, _META, what="probe", writer="probes.save_probe")
+    meta = artifacts.read_meta(path / _META, FORMAT, "probe")
+    t = artifacts.read_tensors(path / _TENSORS, "probe")
+    missing = [k for k in ("coef", "intercept", "mean", "scale") if k not in t]
+    if missing or "params" not in meta:
+        raise artifacts.ArtifactError(f"{str(path)!r} is an incomplete probe: it lacks {missing or ['params']}.")
     probe = LinearProbe(**meta["params"])
     probe.coef_ = t["coef"].numpy()
     probe.intercept_ = float(t["intercept"][0])

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import torch
 
+from hooked.handles import UndoHandle
+
 from .entropy import KnowledgeEntropy, knowledge_entropy
 
 
@@ -28,7 +30,7 @@ def ffn_input_params(model, layer: int):
     return model.spec.ffn_inputs(model.hf_model, layer)
 
 
-class Resuscitation:
+class Resuscitation(UndoHandle):
     """Undo handle: ``.remove()`` restores the original weights (idempotent); a context manager."""
 
     def __init__(self, model, selected: dict, ratios: dict, originals: list, p: float, q: float):
@@ -42,17 +44,11 @@ class Resuscitation:
     def active(self) -> bool:
         return bool(self._originals)
 
-    def remove(self) -> None:
+    def _undo(self) -> None:
         with torch.no_grad():
             for param, axis, index, orig in self._originals:
                 param.index_copy_(axis, index, orig)
         self._originals = []
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.remove()
 
     def __repr__(self):
         n = sum(len(v) for v in self.selected.values())

@@ -188,6 +188,33 @@ def test_extract_rejects_ragged_read_positions():
     from interventions import extract
 
     with pytest.raises(ValueError, match="one activation per prompt"):
-        extract(None, [("a", "b")], "resid_post.0", position=[0, 1])
+        extract(None, [("a", "b")], "resid_post.0", positions=[0, 1])
     with pytest.raises(ValueError, match="Unknown extraction method"):
         extract(None, [("a", "b")], "resid_post.0", method="svd")
+
+
+def test_extract_old_position_keyword_is_deprecated():
+    from interventions import extract
+
+    with pytest.warns(DeprecationWarning, match="positions="):
+        with pytest.raises(ValueError, match="one activation per prompt"):
+            extract(None, [("a", "b")], "resid_post.0", position="all")
+    with pytest.raises(TypeError, match="both"):
+        extract(None, [("a", "b")], "resid_post.0", positions=-2, position=-2)
+
+
+def test_one_position_parser_for_every_package():
+    from hooked import positions as P
+
+    assert P.parse("last").per_prompt and P.parse(-2).indices == (-2,)
+    assert P.parse([0, -1], P.WRITE).kind == "indices"
+    for spec, allowed in (("each", P.CAPTURE), ("prompt", P.CAPTURE), ("mean", P.WRITE), ("last", P.PATCH)):
+        with pytest.raises(ValueError, match="Unknown positions"):
+            P.parse(spec, allowed)
+    with pytest.raises(ValueError, match="selects nothing"):
+        P.parse([], P.WRITE)
+    with pytest.raises(TypeError, match="ambiguous"):
+        P.parse(True)
+    with pytest.raises(ValueError, match="one activation per prompt"):
+        P.parse("all", P.PER_PROMPT, reason="would not give one activation per prompt")
+    assert ops.position_mask is P.token_mask

@@ -15,6 +15,10 @@ The quantity is the preference log-odds of a model m on the preference pairs,
 
 The same fractions are also given for the chosen log-ratio alone, ``mean_i log m(y_w,i|x_i)``.
 When ``|M(pi) - M(ref)|`` is below ``tol`` there is no shift to recover and fractions are NaN.
+
+The patching and steering themselves are :mod:`interventions`' (``record`` / ``patch_forward``, the engine of
+``activation_patching``, with the other model as the source, and ``steering.attach``); this module only
+supplies the sequence-level metric (TRL's completion log-prob per row) and the bookkeeping.
 """
 from __future__ import annotations
 
@@ -23,36 +27,15 @@ import math
 import torch
 from tqdm.auto import tqdm
 
+from interventions.patching import patch_forward, record
+from interventions.steering import attach
+
 from . import _common as C
 
 
-def _logps(model, enc, hooks=None):
-    if hooks:
-        with model.hooks(hooks):
-            logits = model.forward(enc.input_ids, enc.attention_mask)
-    else:
-        logits = model.forward(enc.input_ids, enc.attention_mask)
-    return C.token_logprobs(logits, enc).double().cpu()
-
-
-def _record(model, enc, layers):
-    store = {}
-
-    def make(L):
-        def fn(act, ctx):
-            store[L] = act.detach().clone()
-        return fn
-
-    lp = _logps(model, enc, {f"resid_post.{L}": make(L) for L in layers})
-    return lp, store
-
-
-def _replace(value):
-    return lambda act, ctx: value.to(act.dtype)
-
-
-def _add(delta, mask):
-    return lambda act, ctx: act + delta.to(act.dtype) * mask[:, -act.shape[1]:, None].to(act.dtype)
+def _sequence_logps(enc):
+    """Sequence-level metric: TRL's completion log-prob of each row of ``enc``."""
+    return lambda logits: C.token_logprobs(logits, enc).double().cpu()
 
 
 def _fraction(num: float, den: float, tol: float) -> float:
@@ -78,19 +61,22 @@ def localise(reference, policy, pairs, layers=None, batch_size: int = 8, tol: fl
     rev = {L: [] for L in layers}
     delta_sum = {L: 0.0 for L in layers}
     n_tok = 0
+    sites = {L: f"resid_post.{L}" for L in layers}
     slices = list(C.batches(len(enc), batch_size))
     for sl in tqdm(slices, disable=not progress, desc="patching"):
         b = enc.batch(sl, dev)
-        lr, hr = _record(reference, b, layers)
-        lp, hp = _record(policy, b, layers)
-        base_ref.append(lr)
-        base_pol.append(lp)
-        m = b.attention_mask.to(hr[layers[0]].dtype)[..., None]
+        metric = _sequence_logps(b)
+        ref_run = record(reference, b.input_ids, b.attention_mask, list(sites.values()), metric)
+        pol_run = record(policy, b.input_ids, b.attention_mask, list(sites.values()), metric)
+        base_ref.append(ref_run.metric)
+        base_pol.append(pol_run.metric)
+        m = b.attention_mask[..., None]
         n_tok += int(b.attention_mask.sum())
-        for L in layers:
-            delta_sum[L] = delta_sum[L] + ((hp[L] - hr[L]) * m).sum((0, 1))
-            fwd[L].append(_logps(reference, b, {f"resid_post.{L}": _replace(hp[L])}))
-            rev[L].append(_logps(policy, b, {f"resid_post.{L}": _replace(hr[L])}))
+        for L, site in sites.items():
+            hp, hr = pol_run.acts[site], ref_run.acts[site]
+            delta_sum[L] = delta_sum[L] + ((hp - hr) * m.to(hr.dtype)).sum((0, 1))
+            fwd[L].append(metric(patch_forward(reference, b.input_ids, b.attention_mask, pol_run, {site: "all"})))
+            rev[L].append(metric(patch_forward(policy, b.input_ids, b.attention_mask, ref_run, {site: "all"})))
     base_ref, base_pol = torch.cat(base_ref), torch.cat(base_pol)
 
     def pref(lp):  # (preference log-odds M, chosen log-prob mean)
@@ -123,8 +109,10 @@ def _steer(reference, enc, layers, deltas, slices, m_ref, c_ref, shift, c_shift,
     per = {L: [] for L in layers}
     for sl in tqdm(slices, disable=not progress, desc="steering"):
         b = enc.batch(sl, dev)
+        metric = _sequence_logps(b)
         for L in layers:
-            per[L].append(_logps(reference, b, {f"resid_post.{L}": _add(deltas[L], b.attention_mask)}))
+            with attach(reference, {f"resid_post.{L}": deltas[L]}, multiplier=1.0, positions="all", operator="add"):
+                per[L].append(metric(reference.forward(b.input_ids, b.attention_mask)))
     steer, steer_c = [], []
     for L in layers:
         lp = torch.cat(per[L])

@@ -2,17 +2,20 @@
 saved as safetensors + JSON (never pickle)."""
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
+from hooked import artifacts
 from interventions.latent_cot import LatentRunner
 
 from .tasks import make_task
 
 MODES = ("coconut", "pause")
+_FORMAT = "policylens.latent_cot/1"
+_META = "config.json"
+_WEIGHTS = "model.safetensors"
 
 
 @dataclass
@@ -83,26 +86,21 @@ class TinyReasoner:
                             answer_prefix_ids=[self.vocab.ans])
 
     def save(self, directory) -> Path:
-        from safetensors.torch import save_model
-
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        save_model(self.model, str(directory / "model.safetensors"))  # handles the tied embedding / lm_head
-        (directory / "config.json").write_text(json.dumps({"reasoner": asdict(self.config),
-                                                           "format": "policylens.latent_cot/1"}, indent=2))
+        artifacts.write_module(directory / _WEIGHTS, self.model)  # handles the tied embedding / lm_head
+        artifacts.write_meta(directory / _META, {"reasoner": asdict(self.config)}, _FORMAT)
         return directory
 
     @classmethod
     def load(cls, directory) -> "TinyReasoner":
-        from safetensors.torch import load_model
-
-        directory = Path(directory)
-        for name in ("config.json", "model.safetensors"):
-            if not (directory / name).exists():
-                raise FileNotFoundError(f"{directory} has no {name}; a saved reasoner is a folder with "
-                                        "config.json and model.safetensors (written by TinyReasoner.save).")
-        meta = json.loads((directory / "config.json").read_text())
-        reasoner = cls(ReasonerConfig(**meta["reasoner"]))
-        load_model(reasoner.model, str(directory / "model.safetensors"))
+        directory = artifacts.require(directory, _META, _WEIGHTS, what="latent reasoner", writer="TinyReasoner.save")
+        meta = artifacts.read_meta(directory / _META, _FORMAT, "latent reasoner")
+        try:
+            config = ReasonerConfig(**meta["reasoner"])
+        except (KeyError, TypeError) as e:
+            raise artifacts.ArtifactError(f"{str(directory / _META)!r} holds no valid reasoner config ({e}).") from None
+        reasoner = cls(config)
+        artifacts.read_module(directory / _WEIGHTS, reasoner.model, "latent reasoner")
         reasoner.model.eval()
         return reasoner
