@@ -38,12 +38,14 @@ from .patching import (
     run_clean,
     run_patched,
 )
+from .sae_steering import SAEHandle, ablate_latents, latent_vector, splice_sae, steer_latent, steering_example
 from .steering import SteeringHandle, SteeringVector, make_hook
 
 __all__ = [
     "CleanRun",
     "GenerationSweep",
     "PatchingResult",
+    "SAEHandle",
     "ProbeScorer",
     "SteeringHandle",
     "SteeringVector",
@@ -51,6 +53,7 @@ __all__ = [
     "ablate_direction",
     "ablation_sites",
     "activation_patching",
+    "ablate_latents",
     "anti_steerable_fraction",
     "data",
     "latent_cot",
@@ -59,6 +62,7 @@ __all__ = [
     "from_direction",
     "from_probe",
     "generation_sweep",
+    "latent_vector",
     "logit_difference",
     "make_hook",
     "mean_difference",
@@ -73,5 +77,8 @@ __all__ = [
     "run_clean",
     "run_patched",
     "side_effect_kl",
+    "splice_sae",
     "steerability_slopes",
+    "steer_latent",
+    "steering_example",
 ]

@@ -17,13 +17,17 @@ from .lens import LensResult, lens_from_hidden, logit_lens
 from .linear import LinearProbe
 from .plots import plot_depth, plot_knowledge_entropy, plot_lens, plot_position_heatmap
 from .resuscitate import Resuscitation, resuscitate
+from .sae import SAE, hook_for_site, site_for_hook
+from .sae_metrics import SparseLatents, capture_latents, feature_report, reconstruction_metrics
+from .sae_train import TopKSAETrainer, corpus as sae_corpus, smollm2_sae, train_model_sae
 from .sweep import (PositionSweep, SweepResult, layer_sweep, position_sweep, sweep_activations,
                     sweep_positions)
 from .cv import depth_markers, make_folds
 
 __all__ = [
     "ConceptDataset", "KnowledgeEntropy", "LensResult", "LinearProbe", "PositionSweep",
-    "Resuscitation", "SweepResult", "alpha_req", "attention_entropy", "datasets", "depth_markers",
+    "Resuscitation", "SAE", "SparseLatents", "SweepResult", "TopKSAETrainer", "capture_latents", "feature_report",
+    "hook_for_site", "reconstruction_metrics", "sae_corpus", "site_for_hook", "smollm2_sae", "train_model_sae", "alpha_req", "attention_entropy", "datasets", "depth_markers",
     "entropy_from_coefficients", "knowledge_entropy", "layer_sweep", "lens_from_hidden",
     "load_probe", "logit_lens", "make_folds", "pattern_entropy", "plot_depth",
     "plot_knowledge_entropy", "plot_lens", "plot_position_heatmap", "position_sweep", "rankme",
