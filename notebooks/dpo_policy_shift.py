@@ -70,21 +70,22 @@ run.policy_dir, run.checkpoint_dirs, [round(e["loss"], 4) for e in run.log if "l
 
 # %%
 numbers = dpo.run_shift_report(reference, run.policy_dir, knowledge, out / "report", checkpoints=run,
-                               progress=False, n_pairs=4, n_prompts=2, k_samples=2, max_new_tokens=8,
+                               progress=False, n_pairs=4, n_prompts=2, k_samples=2, did_k=32, max_new_tokens=8,
                                layers=[0, 15, 29], probe_n=40, chat=True)
 reward = {k: round(v, 4) for k, v in numbers["reward"].items() if k != "per_pair_margin"}
 assert reward["margin"] > 0 and reward["accuracy"] >= 0.75  # two DPO steps already prefer the chosen answers
 reward
 
 # %%
-d, did = numbers["displacement"], numbers["samples"]["did"]
+d, did = numbers["displacement"], numbers["did"]
 print("Δ log π(chosen) over checkpoints:", [round(x, 4) for x in d["chosen"]])
 print("Δ log π(rejected):               ", [round(x, 4) for x in d["rejected"]])
 print("KL(π‖π_ref) per sequence:", round(numbers["samples"]["kl"]["kl"], 4))
-print(f"DID weight entropy {did['weight_entropy']:.3f} (max {did['weight_entropy_max']:.3f}), ESS {did['ess']:.2f} of {did['K']}")
+print("DID entropy:", did["entropy"], did["interval"] if did["reliable"] else f"not reported: {did['reason']}")
 assert d["chosen"][0] == d["rejected"][0] == 0  # the first point is the reference itself
 assert d["rejected"][-1] < -0.5 and d["chosen"][-1] > d["rejected"][-1]  # rejected answers lose most
-assert 0 < numbers["samples"]["kl"]["kl"] < 1 and 1 <= did["ess"] <= did["K"]
+assert 0 < numbers["samples"]["kl"]["kl"] < 1 and 1 <= did["ess_min"] <= did["k"]
+assert (did["entropy"] is None) == (not did["reliable"])  # a number only when its diagnostics allow one
 
 # %% [markdown]
 # ## Where the shift lives

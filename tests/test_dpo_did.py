@@ -4,7 +4,6 @@ import math
 import pytest
 import torch
 
-from analyses.dpo import policy as P
 from analyses.dpo.did import TablePair, did_entropy, did_entropy_from_stepper, exact_did_entropy
 
 V, EOS, L = 4, 3, 4
@@ -24,7 +23,8 @@ def toy(seed, scale=0.5, boost=None):
 
 
 def _old_snis(pair, k, gen):
-    """The previous estimator: K samples of pi, self-normalised weights pi/pi_ref/pi (policy.did_entropy)."""
+    """The previous estimator (removed from policy.py): K samples of pi, self-normalised weights
+    w_k = softmax_k(log pi - log pi_ref - log pi), H = -sum_k w_k (log r_k - log mean_k exp(a_k))."""
     lps, lrs = [], []
     for _ in range(k):
         y = ()
@@ -33,8 +33,11 @@ def _old_snis(pair, k, gen):
         lp, lr = pair.sequence_logps(y)
         lps.append(lp)
         lrs.append(lr)
-    lp, lr = torch.tensor([lps], dtype=torch.float64), torch.tensor([lrs], dtype=torch.float64)
-    return P.did_entropy(lp, lr, lp)["did_entropy"]
+    lp, lr = torch.tensor(lps, dtype=torch.float64), torch.tensor(lrs, dtype=torch.float64)
+    a = lr.neg()                                                      # log pi - log pi_ref - log q, q = pi
+    w = torch.softmax(a, 0)
+    log_z = torch.logsumexp(a, 0) - math.log(k)
+    return float(-(w * (lp - lr - log_z)).sum())
 
 
 def test_estimate_recovers_the_exact_did_entropy_of_toy_pairs():

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import hooked
+import probes
 from analyses import dpo
 from analyses.dpo import causal, internals
 
@@ -32,7 +33,8 @@ def test_linear_cka_invariances():
 
 def test_identical_pair_has_identical_per_layer_measures(pair):
     ref, twin = pair
-    out = internals.per_layer_internals(ref, twin, PROMPTS, probe_datasets=("factual",), probe_n=40)
+    out = internals.per_layer_internals(ref, twin, PROMPTS, geometry_texts=internals.geometry_texts(120),
+                                        probe_datasets=("factual",), probe_n=40)
     rep = out["representation"]
     assert rep["cka"] == pytest.approx([1.0] * 3, abs=1e-9)
     assert rep["cosine"] == pytest.approx([1.0] * 3, abs=1e-6) and max(rep["relative_change"]) < 1e-6
@@ -42,9 +44,38 @@ def test_identical_pair_has_identical_per_layer_measures(pair):
     g = out["geometry"]
     assert g["rankme_reference"] == pytest.approx(g["rankme_policy"], rel=1e-6)
     assert g["alpha_req_reference"] == pytest.approx(g["alpha_req_policy"], rel=1e-6)
+    assert g["n_rows"] == 120 and g["alpha_req_unavailable"] is None and g["alpha_req_ranks"] == [12, 64]
     pt = out["probe_transfer"]["factual"]
     assert pt["cosine"] == pytest.approx([1.0] * 3, abs=1e-6)
     assert pt["ref_on_policy"] == pt["ref_on_ref"]
+
+
+def test_similarity_leaves_the_attention_sink_out(pair):
+    """A 'policy' that differs from the reference only at the first token of each text, at resid_post.0
+    (a massive sink-like activation): layer 0's CKA / cosine over the non-sink tokens is exactly 1, while
+    keeping the sink rows (sink_tokens=0, the old all-token measure) lets that one row pull CKA far below 1."""
+    ref, twin = pair
+    v = torch.zeros(ref.d_model)
+    v[3] = 1e3
+
+    def sink(act, ctx):
+        return act + v * (ctx.positions == 0)[..., None].to(act.dtype)
+    with twin.hooks({"resid_post.0": sink}):
+        kept = internals.representation_similarity(ref, twin, PROMPTS)
+        old = internals.representation_similarity(ref, twin, PROMPTS, sink_tokens=0)
+    n_tokens = sum(len(ref.tokenizer(p)["input_ids"]) for p in PROMPTS)
+    assert kept["n_rows"] == n_tokens - len(PROMPTS) and old["n_rows"] == n_tokens
+    assert kept["cka"][0] == pytest.approx(1.0, abs=1e-9) and kept["cosine"][0] == pytest.approx(1.0, abs=1e-6)
+    assert old["cka"][0] < 0.9
+    with pytest.raises(ValueError, match="sink_tokens must be >= 0"):
+        internals.representation_similarity(ref, twin, PROMPTS, sink_tokens=-1)
+
+
+def test_geometry_texts_are_distinct_and_mixed():
+    texts = internals.geometry_texts(40, first=["a b", "a b", "c d"])
+    assert len(texts) == len(set(texts)) == 40 and texts[:2] == ["a b", "c d"]
+    factual = set(probes.datasets.load("factual").texts)
+    assert 0 < sum(t in factual for t in texts) < 38       # several datasets take turns
 
 
 def test_identical_pair_needs_no_recovery(pair):
@@ -86,3 +117,28 @@ def test_bad_pairs_are_refused(pair):
         dpo._common.check_pair(ref, small_vocab)
     with pytest.raises(ValueError, match=r"out of range: this model has 3 layers \(0-2\)"):
         causal.localise(ref, ref, PAIRS, layers=[5])
+
+
+@pytest.mark.acceptance
+def test_smollm2_rankme_is_not_pinned_at_one():
+    """Issue 12 item 5 on the packaged SmolLM2-135M-Instruct. All tokens of 16 prompts with the first token
+    kept (the old report's rows): the first token's massive activations make the covariance rank ~1, so the
+    covariance RankMe sits at ~1.0 on most middle layers (1.00-1.01 on layers 11-27 when measured). On the
+    paper's rows (last token of each text), and on all tokens without the sink, it is well above 1 on every
+    layer from 2 on (last token: 3.3 at layer 2 rising to 12.8 at layer 29 with 256 texts)."""
+    model = hooked.load_model("smollm2-135m-instruct")
+    prompts = list(dict.fromkeys(dpo.knowledge_set(n=16).prompts))
+    old = model.capture(prompts, sites="resid_post.*", positions="all").stack("resid_post.*").float()
+    old_rankme = [probes.geometry.rankme_covariance(h) for h in old]
+    assert sum(r < 1.1 for r in old_rankme) >= 10                      # pinned at 1 under the old rows
+
+    texts = internals.geometry_texts(64, first=prompts)
+    last = model.capture(texts, sites="resid_post.*", positions="last").stack("resid_post.*").float()
+    geo = internals.geometry(model, model, acts=(last, last))
+    assert geo["n_rows"] == 64 and geo["alpha_req_unavailable"] is None
+    assert min(geo["rankme_reference"][2:]) > 2.5
+    assert all(a is not None and 0.5 < a < 4 for a in geo["alpha_req_reference"])
+    sim = internals.representation_similarity(model, model, prompts)
+    assert sim["cka"] == pytest.approx([1.0] * model.n_layers, abs=1e-9)
+    no_sink = internals._resid_without_sinks(model, prompts, 1, 8, False)
+    assert min(probes.geometry.rankme_covariance(h) for h in no_sink[2:]) > 2.5

@@ -8,7 +8,8 @@ import hooked
 from analyses import dpo
 
 PAIRS = dpo.knowledge_set(n=4)
-LIMITS = dict(n_pairs=4, n_prompts=2, k_samples=2, max_new_tokens=3, probe_n=40, batch_size=8)
+LIMITS = dict(n_pairs=4, n_prompts=2, k_samples=2, did_k=8, max_new_tokens=3, probe_n=40, batch_size=8,
+              geometry_n=10)
 
 
 def _perturbed(scale, seed=0):
@@ -59,7 +60,30 @@ def test_report_numbers_match_the_parts(report):
     assert loc["patch_policy_into_reference"][0] == pytest.approx(0.0, abs=1e-6)
     assert loc["patch_policy_into_reference"][1] == pytest.approx(1.0, abs=1e-6)
     assert loc["head_share"] == pytest.approx(0.0, abs=1e-6)
-    assert r["samples"]["kl"]["n_samples"] == 4 and r["samples"]["did"]["K"] == 2
+    assert r["samples"]["kl"]["n_samples"] == 4 and "did" not in r["samples"]
+
+
+def test_report_prints_the_did_interval_or_why_not(report):
+    """The DID entropy comes from analyses.dpo.did (K = did_k draws): with K = 8 < min_ess = 10 every prompt
+    is below the ESS floor, so the report gives no number and says why."""
+    _, _, r, d = report
+    did = r["did"]
+    assert did["k"] == 8 and len(did["per_prompt"]) == 2
+    assert not did["reliable"] and did["entropy"] is None and "effective sample size" in did["reason"]
+    md = (d / "report.md").read_text()
+    assert "DID entropy not reported: " + did["reason"] in md and "SNIS" not in md
+
+
+def test_report_geometry_on_last_tokens_and_alpha_req_refused_with_reason(report):
+    """geometry_n=10 texts give at most 9 covariance eigenvalues: RankMe is reported per layer, alpha-ReQ
+    (reference window from rank 12) is None with the reason, in the JSON and the markdown."""
+    _, _, r, d = report
+    geo = r["internals"]["geometry"]
+    assert geo["n_rows"] == 10 and geo["rows"] == "last token of each text"
+    assert all(x > 1.0 for x in geo["rankme_reference"])
+    assert geo["alpha_req_reference"] == [None, None] and "needs at least 3 non-zero" in geo["alpha_req_unavailable"]
+    assert "alpha-ReQ not available: " in (d / "report.md").read_text()
+    assert r["internals"]["representation"]["sink_tokens"] == 1
 
 
 def test_unknown_limit_is_refused(tmp_path):

@@ -27,26 +27,50 @@ def linear_cka(X: torch.Tensor, Y: torch.Tensor) -> float:
     return float((kx * ky).sum().item() / den)
 
 
+SINK_TOKENS = 1  # leading positions of every text treated as attention sinks
+
+
 def _resid(model, prompts, positions, batch_size, progress) -> torch.Tensor:
     acts = model.capture(prompts, sites="resid_post.*", positions=positions, batch_size=batch_size,
                          progress=progress)
     return acts.stack("resid_post.*").float()  # [L, N, d]
 
 
-def representation_similarity(reference, policy, prompts, positions="all", batch_size=8, progress=None,
-                              acts=None) -> dict:
+def _resid_without_sinks(model, prompts, sink_tokens, batch_size, progress) -> torch.Tensor:
+    """``resid_post.*`` at every real token except the first ``sink_tokens`` of each text, [L, N, d].
+
+    The first token of a text is an attention sink that carries massive activations (Sun et al. 2024,
+    "Massive Activations in Large Language Models", arXiv 2402.17762): a few dimensions thousands of
+    times larger than elsewhere. Kept as rows, it dominates any covariance or Gram matrix over tokens
+    (linear CKA reads ~1 from the middle layers on, RankMe ~1), so all-token measures drop it."""
+    if sink_tokens < 0:
+        raise ValueError(f"sink_tokens must be >= 0 (leading positions to drop), got {sink_tokens}.")
+    acts = model.capture(prompts, sites="resid_post.*", positions="all", batch_size=batch_size,
+                         progress=progress)
+    keep = acts.index[:, 1] >= sink_tokens
+    if not bool(keep.any()):
+        raise ValueError(f"Every token is within the first sink_tokens={sink_tokens} positions of its text "
+                         f"({len(prompts)} texts, {len(acts)} tokens): nothing is left to compare. Use longer "
+                         "texts or a smaller sink_tokens.")
+    return acts.stack("resid_post.*")[:, keep].float()
+
+
+def representation_similarity(reference, policy, prompts, sink_tokens: int = SINK_TOKENS, batch_size=8,
+                              progress=None, acts=None) -> dict:
     """Per layer: linear CKA and the mean cosine between the two models' ``resid_post.L`` on the same
-    tokens (``positions="all"``: every real token of every prompt), plus the mean relative change
+    tokens (every real token of every prompt except the first ``sink_tokens``, the attention-sink positions
+    whose massive activations would otherwise dominate CKA), plus the mean relative change
     ``||h_pi - h_ref|| / ||h_ref||``."""
-    hr, hp = acts if acts is not None else (_resid(reference, prompts, positions, batch_size, progress),
-                                            _resid(policy, prompts, positions, batch_size, progress))
+    hr, hp = acts if acts is not None else (
+        _resid_without_sinks(reference, prompts, sink_tokens, batch_size, progress),
+        _resid_without_sinks(policy, prompts, sink_tokens, batch_size, progress))
     cka, cos, rel = [], [], []
     for L in range(hr.shape[0]):
         cka.append(linear_cka(hr[L], hp[L]))
         cos.append(torch.nn.functional.cosine_similarity(hr[L].double(), hp[L].double(), dim=-1).mean().item())
         rel.append(((hp[L] - hr[L]).norm(dim=-1) / hr[L].norm(dim=-1).clamp_min(1e-12)).mean().item())
-    return {"positions": positions, "n_rows": int(hr.shape[1]), "cka": cka, "cosine": cos,
-            "relative_change": rel}
+    return {"positions": f"all but the first {sink_tokens} of each text", "sink_tokens": sink_tokens,
+            "n_rows": int(hr.shape[1]), "cka": cka, "cosine": cos, "relative_change": rel}
 
 
 def lens_kl(reference, policy, prompts, batch_size=8, progress=None) -> dict:
@@ -108,32 +132,83 @@ def probe_transfer(reference, policy, datasets=("factual",), n: int | None = 160
     return out
 
 
-def geometry(reference, policy, prompts=None, batch_size=8, progress=None, acts=None) -> dict:
-    """RankMe (Garrido et al. 2023) and alpha-ReQ (Agrawal et al. 2022) of ``resid_post.L`` of both models
-    per layer, via ``probes.rankme`` / ``probes.alpha_req`` (as used by Li et al. 2025 to call SFT/DPO
-    "entropy-seeking": a higher RankMe / lower alpha-ReQ means a flatter eigenspectrum)."""
-    hr, hp = acts if acts is not None else (_resid(reference, prompts, "all", batch_size, progress),
-                                            _resid(policy, prompts, "all", batch_size, progress))
-    out = {"rankme_reference": [], "rankme_policy": [], "alpha_req_reference": [], "alpha_req_policy": []}
-    for L in range(hr.shape[0]):
-        out["rankme_reference"].append(probes.rankme(hr[L]))
-        out["rankme_policy"].append(probes.rankme(hp[L]))
-        out["alpha_req_reference"].append(probes.alpha_req(hr[L]))
-        out["alpha_req_policy"].append(probes.alpha_req(hp[L]))
-    out["n_rows"] = int(hr.shape[1])
+GEOMETRY_N = 256  # texts (one row each) for RankMe / alpha-ReQ; the reference window needs more than 100
+
+
+def geometry_texts(n: int = GEOMETRY_N, first=(), seed: int = 0) -> list[str]:
+    """``n`` distinct texts for the geometry measures: ``first`` (e.g. the preference texts) in order, then
+    the built-in concept datasets of ``probes.datasets`` taken in turn (factual, emotional, comparison,
+    inferential), so the rows span several kinds of text rather than one template."""
+    out = list(dict.fromkeys(first))[:n]
+    pools = [probes.datasets.load(name, seed=seed).texts for name in probes.datasets.BUILTIN]
+    seen = set(out)
+    for i in range(max(len(p) for p in pools)):
+        for pool in pools:
+            if len(out) >= n:
+                return out
+            if i < len(pool) and pool[i] not in seen:
+                seen.add(pool[i])
+                out.append(pool[i])
     return out
 
 
-def per_layer_internals(reference, policy, prompts, texts=None, probe_datasets=("factual",),
-                        probe_n: int | None = 160, batch_size=8, seed=0, progress=None) -> dict:
-    """Every per-layer measure above; ``prompts`` for representation / lens / geometry, ``texts`` (default:
-    the prompts) for knowledge entropy. Activations on all tokens are captured once and shared."""
-    acts = (_resid(reference, prompts, "all", batch_size, progress),
-            _resid(policy, prompts, "all", batch_size, progress))
-    out = {"representation": representation_similarity(reference, policy, prompts, acts=acts),
+def _alpha_req_or_reason(X, ranks) -> tuple[float | None, str]:
+    try:
+        return probes.geometry.alpha_req(X, ranks=ranks), ""
+    except ValueError as e:  # too few non-zero eigenvalues for the window: report why, not a number
+        return None, str(e)
+
+
+def geometry(reference, policy, texts=None, batch_size=8, progress=None, acts=None,
+             ranks=probes.geometry.REFERENCE_RANKS) -> dict:
+    """Representation geometry of ``resid_post.L`` of both models per layer, on the rows Li et al. 2025
+    use ("Tracing the Representation Geometry of Language Models from Pretraining to Post-training",
+    arXiv 2509.23024): one row per text, its **last token**, so that X [N texts, d] holds no attention-sink
+    row (the first token's massive activations would give a covariance of rank ~1 and RankMe ~1).
+
+    * ``rankme_*``: covariance RankMe of Li et al., exp(-sum_k p_k log p_k), p_k = lambda_k / sum_j lambda_j
+      over the eigenvalues of the centred covariance (``probes.rankme_covariance``);
+      ``rankme_garrido_*``: the singular-value RankMe of Garrido et al. 2023 (arXiv 2210.02885).
+    * ``alpha_req_*``: alpha-ReQ (Agrawal et al. 2022), the reference weighted fit of
+      log lambda_i = -alpha log i + b over ``ranks`` (default 12-100, weights 1/i; ``probes.alpha_req``).
+      With N texts there are at most N-1 non-zero eigenvalues; when the window keeps fewer than 3 of them
+      the value is None and ``alpha_req_unavailable`` says why (give more texts). Below 101 texts the
+      window is cut at rank N-1 (``alpha_req_ranks`` records the ranks fitted).
+
+    A higher RankMe / lower alpha-ReQ means a flatter eigenspectrum (Li et al. call SFT/DPO "entropy-seeking")."""
+    hr, hp = acts if acts is not None else (_resid(reference, texts, "last", batch_size, progress),
+                                            _resid(policy, texts, "last", batch_size, progress))
+    keys = ("rankme_reference", "rankme_policy", "rankme_garrido_reference", "rankme_garrido_policy",
+            "alpha_req_reference", "alpha_req_policy")
+    out = {k: [] for k in keys}
+    reasons = set()
+    for L in range(hr.shape[0]):
+        for name, h in (("reference", hr[L]), ("policy", hp[L])):
+            out[f"rankme_{name}"].append(probes.geometry.rankme_covariance(h))
+            out[f"rankme_garrido_{name}"].append(probes.geometry.rankme_garrido(h))
+            a, why = _alpha_req_or_reason(h, ranks)
+            out[f"alpha_req_{name}"].append(a)
+            if why:
+                reasons.add(why)
+    n, d = int(hr.shape[1]), int(hr.shape[2])
+    out.update(rows="last token of each text", n_rows=n,
+               alpha_req_ranks=[int(ranks[0]), int(min(ranks[1], n - 1, d))],
+               alpha_req_unavailable="; ".join(sorted(reasons)) or None)
+    return out
+
+
+def per_layer_internals(reference, policy, prompts, texts=None, geometry_texts=None, probe_datasets=("factual",),
+                        probe_n: int | None = 160, batch_size=8, seed=0, sink_tokens: int = SINK_TOKENS,
+                        progress=None) -> dict:
+    """Every per-layer measure above. ``prompts``: representation similarity (all tokens but the first
+    ``sink_tokens`` of each) and the logit lens (last token); ``texts`` (default: the prompts): knowledge
+    entropy; ``geometry_texts`` (default: the prompts): RankMe / alpha-ReQ on the last token of each
+    (the reference alpha-ReQ window needs more than 100 texts, see :func:`geometry_texts`)."""
+    out = {"representation": representation_similarity(reference, policy, prompts, sink_tokens, batch_size,
+                                                        progress),
            "lens": lens_kl(reference, policy, prompts, batch_size, progress),
            "knowledge_entropy": knowledge_entropy(reference, policy, texts or prompts, batch_size, progress),
-           "geometry": geometry(reference, policy, acts=acts)}
+           "geometry": geometry(reference, policy, geometry_texts or prompts, batch_size, progress)}
     if probe_datasets:
         out["probe_transfer"] = probe_transfer(reference, policy, probe_datasets, probe_n, seed=seed,
                                                batch_size=batch_size, progress=progress)

@@ -3,7 +3,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from probes.plots import new_figure
+from hooked.figures import new_figure
+
+
+def _nan(xs):
+    """None (a measure reported as unavailable) becomes NaN, a gap in the line."""
+    return [float("nan") if x is None else x for x in xs]
 
 
 def _save(fig, out: Path, name: str) -> str:
@@ -44,11 +49,11 @@ def write_plots(r: dict, out: Path) -> list[str]:
     g = it["geometry"]
     axs[1, 0].plot(L, g["rankme_reference"], label="reference")
     axs[1, 0].plot(L, g["rankme_policy"], "--", label="policy")
-    axs[1, 0].set_title("RankMe")
+    axs[1, 0].set_title("RankMe (covariance), last token")
     axs[1, 0].legend()
-    axs[1, 1].plot(L, g["alpha_req_reference"], label="reference")
-    axs[1, 1].plot(L, g["alpha_req_policy"], "--", label="policy")
-    axs[1, 1].set_title("α-ReQ")
+    axs[1, 1].plot(L, _nan(g["alpha_req_reference"]), label="reference")
+    axs[1, 1].plot(L, _nan(g["alpha_req_policy"]), "--", label="policy")
+    axs[1, 1].set_title("α-ReQ" if not g.get("alpha_req_unavailable") else "α-ReQ (unavailable: too few texts)")
     axs[1, 1].legend()
     for name, pt in it.get("probe_transfer", {}).items():
         axs[1, 2].plot(L, pt["ref_on_ref"], label=f"{name}: ref→ref")

@@ -11,6 +11,7 @@ import math
 import torch
 
 from . import _common as C
+from .did import did_entropy  # noqa: F401  (the DID entropy estimator of Won et al., arXiv 2505.23761)
 from .preferences import PreferenceSet
 
 
@@ -133,44 +134,11 @@ def kl_from_samples(logp_policy: torch.Tensor, logp_ref: torch.Tensor, lengths: 
     return out
 
 
-def did_entropy(logp_policy: torch.Tensor, logp_ref: torch.Tensor, logq: torch.Tensor) -> dict:
-    """Differential-information entropy (Won et al. 2025, "Differential Information: An
-    Information-Theoretic Perspective on Preference Optimization").
-
-    The differential information distribution (DID) of a policy update is
-    ``q_D(y|x) = pi(y|x) / pi_ref(y|x) / Z(x)``, ``Z(x) = sum_y pi(y|x) / pi_ref(y|x)``.
-    Estimator: for each prompt draw y_1..y_K ~ q (the sampling policy), set
-    ``a_k = log pi(y_k|x) - log pi_ref(y_k|x) - log q(y_k|x)`` and the self-normalised importance weights
-    ``w_k = softmax_k(a_k)`` (so w_k estimates q_D(y_k)/q(y_k), normalised). We report per prompt
-
-    * ``weight_entropy = -sum_k w_k log w_k`` (log K for uniform weights, 0 when one sample carries all),
-    * ``ess = 1 / sum_k w_k**2`` (Kish effective sample size; near 1 means the estimate rests on one sample
-      and is unreliable),
-    * ``did_entropy``: the SNIS estimate of H(q_D) = -E_{q_D}[log q_D(y)],
-      ``-sum_k w_k (log pi_k - log pi_ref_k - log Z_hat)`` with ``Z_hat = mean_k exp(a_k)``.
-
-    Inputs are Tensor[N, K] of sequence log-probabilities."""
-    if not (logp_policy.shape == logp_ref.shape == logq.shape) or logq.dim() != 2:
-        raise ValueError(f"did_entropy needs three Tensors of one shape [N prompts, K samples]; got "
-                         f"{tuple(logp_policy.shape)}, {tuple(logp_ref.shape)}, {tuple(logq.shape)}.")
-    a = (logp_policy - logp_ref - logq).double()
-    k = a.shape[1]
-    logw = torch.log_softmax(a, dim=1)
-    w = logw.exp()
-    w_ent = -(w * logw).sum(1)
-    ess = 1.0 / (w * w).sum(1)
-    log_z = torch.logsumexp(a, dim=1) - math.log(k)
-    log_qd = (logp_policy - logp_ref).double() - log_z.unsqueeze(1)
-    h = -(w * log_qd).sum(1)
-    return {"K": k, "weight_entropy": w_ent.mean().item(), "weight_entropy_max": math.log(k),
-            "ess": ess.mean().item(), "ess_min": ess.min().item(), "did_entropy": h.mean().item(),
-            "per_prompt_weight_entropy": w_ent.tolist(), "per_prompt_ess": ess.tolist()}
-
-
 def policy_samples(reference, policy, prompts, k: int = 4, max_new_tokens: int = 24, seed: int = 0,
                    batch_size: int = 8) -> dict:
     """Sample K responses per prompt from the policy (q = pi) and score them under both models; returns
-    KL(pi||pi_ref) and the DID entropy estimate."""
+    KL(pi||pi_ref). (The DID entropy needs its own proposal and many more draws: :func:`did_entropy`,
+    i.e. ``analyses.dpo.did.did_entropy``.)"""
     s = sample(policy, prompts, k=k, max_new_tokens=max_new_tokens, seed=seed)
     lp_ref = score_ids(reference, s["prompt_ids"], s["completion_ids"], batch_size)
     # the sampler is the policy at temperature 1, so q = pi; rescoring both models through one code path
@@ -179,7 +147,7 @@ def policy_samples(reference, policy, prompts, k: int = 4, max_new_tokens: int =
     lengths = torch.tensor([[len(c) for c in cs] for cs in s["completion_ids"]], dtype=torch.float64)
     tok = C.tokenizer_of(policy)
     examples = [tok.decode(cs[0]) for cs in s["completion_ids"][:3]]
-    return {"kl": kl_from_samples(lp_pol, lp_ref, lengths), "did": did_entropy(lp_pol, lp_ref, lp_pol),
+    return {"kl": kl_from_samples(lp_pol, lp_ref, lengths),
             "sampler_rescore_max_abs_diff": (lp_pol - s["logq"]).abs().max().item(),
             "sampler": "policy, temperature 1, no top-k/top-p", "max_new_tokens": max_new_tokens,
             "mean_length": lengths.mean().item(), "examples": examples}

@@ -9,19 +9,22 @@ from pathlib import Path
 from hooked.jsonutil import write_json
 
 from . import _common as C
-from . import causal, internals, policy as P
+from . import causal, did as D, internals, policy as P
 from .preferences import get as get_preferences
 
 LIMITS = {
     "n_pairs": 16,          # preference pairs scored and patched
     "n_prompts": 16,        # prompts for KL / DID sampling and the per-layer internals
-    "k_samples": 4,         # samples per prompt for KL and DID entropy
+    "k_samples": 4,         # samples of the policy per prompt for KL(pi || pi_ref)
+    "did_k": 128,           # draws per prompt for the DID entropy estimator (analyses.dpo.did)
     "max_new_tokens": 24,   # sample length
     "beta": 0.1,            # DPO beta for the implicit reward
     "batch_size": 8,
     "layers": None,         # layers for patching / steering (None: all)
     "probe_datasets": ("factual",),
     "probe_n": 160,
+    "geometry_n": internals.GEOMETRY_N,  # texts for RankMe / alpha-ReQ (last token each; > 100 for the window)
+    "sink_tokens": internals.SINK_TOKENS,  # leading tokens per text left out of all-token similarity
     "chat": False,          # render prompts with the chat template (must match training)
     "seed": 0,
 }
@@ -59,8 +62,8 @@ def run_shift_report(reference, policy, preferences, out_dir, checkpoints=None, 
     architecture and vocabulary. ``preferences``: a built-in name ('knowledge', 'style'), a JSONL path, a
     list of dicts or a PreferenceSet. ``checkpoints``: a ``TrainResult`` or a list of intermediate model
     dirs, for displacement over training (the policy is the last point). ``limits`` (defaults in
-    ``LIMITS``): n_pairs, n_prompts, k_samples, max_new_tokens, beta, batch_size, layers, probe_datasets,
-    probe_n, chat, seed. Writes report.md, report.json and PNGs into ``out_dir``; returns the numbers."""
+    ``LIMITS``): n_pairs, n_prompts, k_samples, did_k, max_new_tokens, beta, batch_size, layers,
+    probe_datasets, probe_n, geometry_n, sink_tokens, chat, seed. Writes report.md, report.json and PNGs into ``out_dir``; returns the numbers."""
     unknown = sorted(set(limits) - set(LIMITS))
     if unknown:
         raise TypeError(f"run_shift_report got unknown limits {unknown}; valid ones are {sorted(LIMITS)}.")
@@ -68,7 +71,7 @@ def run_shift_report(reference, policy, preferences, out_dir, checkpoints=None, 
     t0 = time.time()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    stages = ["load", "rewards", "displacement", "samples", "internals", "localisation", "write"]
+    stages = ["load", "rewards", "displacement", "samples", "did", "internals", "localisation", "write"]
     bar = _Stages(stages, progress)
     ref, pol = C.resolve(reference), C.resolve(policy)
     C.check_pair(ref, pol)
@@ -102,9 +105,16 @@ def run_shift_report(reference, policy, preferences, out_dir, checkpoints=None, 
     result["samples"] = P.policy_samples(ref, pol, prompts, k=lim["k_samples"],
                                          max_new_tokens=lim["max_new_tokens"], seed=lim["seed"], batch_size=bs)
     bar.next()
+    result["did"] = D.did_entropy(ref, pol, prompts, k=lim["did_k"], max_new_tokens=lim["max_new_tokens"],
+                                  seed=lim["seed"]).to_dict()
+    bar.next()
+    chosen_texts = [p + c for p, c in zip(prefs.prompts, prefs.chosen)]
+    geo_texts = internals.geometry_texts(lim["geometry_n"], chosen_texts + [p + r for p, r in
+                                                                          zip(prefs.prompts, prefs.rejected)],
+                                         seed=lim["seed"])
     result["internals"] = internals.per_layer_internals(
-        ref, pol, prompts, texts=[p + c for p, c in zip(prefs.prompts, prefs.chosen)],
-        probe_datasets=lim["probe_datasets"], probe_n=lim["probe_n"], batch_size=bs, seed=lim["seed"])
+        ref, pol, prompts, texts=chosen_texts, geometry_texts=geo_texts, probe_datasets=lim["probe_datasets"],
+        probe_n=lim["probe_n"], batch_size=bs, seed=lim["seed"], sink_tokens=lim["sink_tokens"])
     bar.next()
     result["localisation"] = causal.localise(ref, pol, prefs, layers=lim["layers"], batch_size=bs)
     bar.next()
@@ -140,6 +150,17 @@ def _f(x, nd=3):
     return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{nd}f}"
 
 
+def _did_row(did: dict) -> str:
+    """The DID entropy line: the estimate and its interval, or that it was refused."""
+    st = did["settings"]
+    head = (f"DID entropy (Won et al., arXiv 2505.23761; K={did['k']} draws per prompt, ESS min "
+            f"{_f(did['ess_min'], 1)}) | ")
+    if not did["reliable"]:
+        return head + "not reported (diagnostics: see below)"
+    lo, hi = did["interval"]
+    return head + f"{_f(did['entropy'], 3)} nats ({st['level']:.0%} interval {_f(lo, 3)} to {_f(hi, 3)})"
+
+
 def _argmax(xs):
     vals = [(v, i) for i, v in enumerate(xs) if v is not None and not math.isnan(v)]
     return max(vals)[1] if vals else None
@@ -162,14 +183,9 @@ def markdown(r: dict) -> str:
              f"| delta log pi(rejected) | {_f(d['rejected'][-1], 4)} |",
              f"| KL(pi ‖ pi_ref), per sequence (± s.e.) | {_f(s['kl']['kl'], 4)} ± {_f(s['kl']['kl_stderr'], 4)} |",
              f"| KL per token | {_f(s['kl'].get('kl_per_token'), 5)} |",
-             f"| DID weight entropy (max log K = {_f(s['did']['weight_entropy_max'])}) | "
-             f"{_f(s['did']['weight_entropy'])} |",
-             f"| DID effective sample size (of K={s['did']['K']}; min) | {_f(s['did']['ess'], 2)} "
-             f"({_f(s['did']['ess_min'], 2)}) |",
-             f"| DID entropy, SNIS estimate (nats) | {_f(s['did']['did_entropy'], 2)} |", ""]
-    if s["did"]["ess_min"] < 1.5:
-        lines += ["An effective sample size near 1 means one sample carries the DID estimate: treat the DID "
-                  "entropy as unreliable and raise `k_samples`.", ""]
+             f"| {_did_row(r['did'])} |", ""]
+    if not r["did"]["reliable"]:
+        lines += [f"DID entropy not reported: {r['did']['reason']}", ""]
     chosen_dir = "rose" if d["chosen"][-1] > 0 else "fell"
     lines += [f"The chosen log-likelihood **{chosen_dir}** ({_f(d['chosen'][-1], 4)} nats per sequence) and the "
               f"rejected moved by {_f(d['rejected'][-1], 4)}.", "",
@@ -184,9 +200,16 @@ def markdown(r: dict) -> str:
               f"- Logit-lens KL(pi‖ref): final {_f(lens['kl'][-1], 5)}, largest {_f(max(lens['kl']), 5)} at layer "
               f"{lens['kl'].index(max(lens['kl']))}.",
               f"- Knowledge entropy total: reference {_f(ke['reference_total'], 3)}, policy {_f(ke['policy_total'], 3)}.",
-              f"- RankMe (last layer): reference {_f(geo['rankme_reference'][-1], 2)}, policy "
-              f"{_f(geo['rankme_policy'][-1], 2)}; alpha-ReQ: {_f(geo['alpha_req_reference'][-1], 3)} vs "
-              f"{_f(geo['alpha_req_policy'][-1], 3)}."]
+              f"- Similarity rows: {rep['n_rows']} tokens ({rep['positions']}: attention sinks left out).",
+              f"- Geometry on the {geo['rows']} ({geo['n_rows']} texts). RankMe (covariance, last layer): reference "
+              f"{_f(geo['rankme_reference'][-1], 2)}, policy {_f(geo['rankme_policy'][-1], 2)}; lowest over layers "
+              f"{_f(min(geo['rankme_reference']), 2)} vs {_f(min(geo['rankme_policy']), 2)}."]
+    if geo["alpha_req_unavailable"]:
+        lines.append(f"- alpha-ReQ not available: {geo['alpha_req_unavailable']}")
+    else:
+        lines.append(f"- alpha-ReQ (ranks {geo['alpha_req_ranks'][0]}-{geo['alpha_req_ranks'][1]}, weights 1/rank, "
+                     f"last layer): reference {_f(geo['alpha_req_reference'][-1], 3)}, policy "
+                     f"{_f(geo['alpha_req_policy'][-1], 3)}.")
     for name, pt in it.get("probe_transfer", {}).items():
         best = _argmax(pt["ref_on_ref"])
         lines.append(f"- Probe transfer ({name}): at the reference's best layer {best}, reference probe "
