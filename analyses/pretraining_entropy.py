@@ -240,10 +240,9 @@ def _run(out_dir, profile, progress, seed, n_eval_texts) -> dict:
         "checkpoints": [r["checkpoint"] for r in records],
         "seconds": round(time.time() - t0, 1),
     }
-    fig = probes.plot_knowledge_entropy(steps, ke, result["per_layer"], path=out / "knowledge_entropy.png",
-                                        title=f"Knowledge entropy over pretraining ({profile})")
-    import matplotlib.pyplot as plt
-    plt.close(fig)
+    # an object-oriented figure (no pyplot): nothing to close, it is freed with its last reference
+    probes.plot_knowledge_entropy(steps, ke, result["per_layer"], path=out / "knowledge_entropy.png",
+                                  title=f"Knowledge entropy over pretraining ({profile})")
     result["plot"] = str(out / "knowledge_entropy.png")
     (out / "pretraining_entropy.json").write_text(json.dumps(result, indent=2))
     result["json"] = str(out / "pretraining_entropy.json")

@@ -291,16 +291,13 @@ def activation_patching(
 
 
 def plot_patching(result: PatchingResult, ax=None, title: str | None = None, cmap: str = "RdBu_r"):
-    """Sites (rows) x positions (columns) heatmap of the fraction recovered."""
-    import matplotlib
-
-    if ax is None:
-        matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    """Sites (rows) x positions (columns) heatmap of the fraction recovered. Built without pyplot
+    (``hooked.figures.new_figure``), so the caller's matplotlib backend is left as it was."""
+    from hooked.figures import new_figure
 
     data = result.recovered.numpy()
     if ax is None:
-        fig, ax = plt.subplots(figsize=(1.0 + 0.55 * len(result.positions), 0.8 + 0.28 * len(result.sites)))
+        fig, ax = new_figure(figsize=(1.0 + 0.55 * len(result.positions), 0.8 + 0.28 * len(result.sites)))
     else:
         fig = ax.figure
     lim = max(1.0, float(abs(data).max()))

@@ -6,27 +6,11 @@ written headless, and a returned figure shows inline in Jupyter.
 """
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np
-from matplotlib.figure import Figure
 
-
-class InlineFigure(Figure):
-    """A :class:`~matplotlib.figure.Figure` that Jupyter shows as a PNG even when pyplot
-    was never imported (IPython registers its figure formatter only once pyplot is used)."""
-
-    def _repr_png_(self) -> bytes:
-        buf = io.BytesIO()
-        self.savefig(buf, format="png", dpi=100, bbox_inches="tight")
-        return buf.getvalue()
-
-
-def new_figure(nrows: int = 1, ncols: int = 1, figsize=(6.4, 4.8), squeeze: bool = True):
-    """``(figure, axes)`` as pyplot's ``subplots`` gives them, without pyplot and its global state."""
-    fig = InlineFigure(figsize=figsize)
-    return fig, fig.subplots(nrows, ncols, squeeze=squeeze)
+from hooked.figures import InlineFigure, new_figure  # noqa: F401  (re-exported)
 
 
 def _save(fig, path):

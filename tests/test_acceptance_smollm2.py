@@ -1,7 +1,5 @@
 """Acceptance on the packaged SmolLM2-135M-Instruct (real weights, offline)."""
 
-import time
-
 import pytest
 import torch
 
@@ -12,13 +10,11 @@ from hooked import packaged
 pytestmark = pytest.mark.acceptance
 
 
-def test_loads_from_cache_quickly(smollm2_tl):
+def test_loads_from_cache(smollm2_tl):
     assert packaged.cache_status("smollm2-135m-instruct") == "ok"
     assert smollm2_tl.n_layers == 30 and smollm2_tl.d_model == 576 and smollm2_tl.arch == "llama"
     assert getattr(smollm2_tl.hf_model.config, "quantization_config", None) is None  # trainable
-    t = time.perf_counter()
-    again = hooked.load_model("smollm2-135m-instruct", backend="nnsight")
-    assert time.perf_counter() - t < 20  # cached: seconds, not a re-dequantization
+    again = hooked.load_model("smollm2-135m-instruct", backend="nnsight")  # load time is measured in bench/
     assert again.hf_model.model.layers[3].mlp.up_proj.weight.equal(smollm2_tl.hf_model.model.layers[3].mlp.up_proj.weight)
 
 

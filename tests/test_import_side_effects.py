@@ -50,10 +50,14 @@ fig = probes.plot_knowledge_entropy([0, 10, 20], [3.0, 2.5, 2.0], np.ones((3, 2)
 png = fig._repr_png_()
 assert png[:8] == b"\\x89PNG\\r\\n\\x1a\\n", png[:8]
 plot_necessity({{"zero": {{"d_acc": [-0.5, -0.2], "kl": [1.0, 0.3]}}}}, {str(tmp_path / 'nec.png')!r})
+import torch
+from interventions.patching import PatchingResult
+res = PatchingResult(["resid_post.0", "resid_post.1"], [0, 1, 2], torch.rand(2, 3), torch.rand(2, 3), 1.0, 0.0)
+res.plot().savefig({str(tmp_path / 'patch.png')!r})
 assert "matplotlib.pyplot" not in sys.modules, "a figure went through pyplot"
 """
     env = {k: v for k, v in os.environ.items() if k != "MPLBACKEND"}
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    for name in ("ke.png", "nec.png"):
+    for name in ("ke.png", "nec.png", "patch.png"):
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"

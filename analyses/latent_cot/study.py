@@ -3,7 +3,6 @@ pointer chasing, then run the step-wise do-intervention analysis of Li et al. 20
 from __future__ import annotations
 
 import json
-import math
 import time
 import warnings
 from pathlib import Path
@@ -11,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from hooked.jsonutil import to_jsonable
 from interventions.latent_cot import LatentStats, make_operator, sweep_steps
 
 from . import metrics, plots
@@ -158,18 +158,7 @@ def run_study(out_dir, profile: str = "quick", seeds=None, progress: bool = True
                                                    out_dir / "latent_cot_commitment.png")
     result["figures"] = {k: str(v) for k, v in figs.items()}
     result["seconds"] = time.perf_counter() - t0
-    result = _jsonable(result)
+    result = to_jsonable(result)
     (out_dir / "latent_cot_results.json").write_text(json.dumps(result, indent=2))
     return result
 
-
-def _jsonable(x):
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, (np.floating, np.integer)):
-        return _jsonable(x.item())
-    return x
