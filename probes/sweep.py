@@ -51,14 +51,11 @@ class SweepResult:
                 f"{self.params.get('method')})")
 
     def to_dict(self) -> dict:
-        def clean(v):
-            if isinstance(v, np.ndarray):
-                return v.tolist()
-            if isinstance(v, (np.integer, np.floating)):
-                return v.item()
-            return v
+        """Every number as plain JSON (``hooked.jsonutil.to_jsonable``: arrays to lists, NaN to None);
+        the kept activations and labels are left out."""
+        from hooked.jsonutil import to_jsonable
         skip = {"activations", "labels"}
-        return {k: clean(v) for k, v in self.__dict__.items() if k not in skip}
+        return to_jsonable({k: v for k, v in self.__dict__.items() if k not in skip})
 
     def probe(self, layer: int, **probe_params) -> LinearProbe:
         """Fit a :class:`LinearProbe` on all examples at ``layer`` (needs ``keep_activations``)."""

@@ -114,3 +114,14 @@ def test_bad_input_errors():
         probes.datasets.ConceptDataset("x", ["a", "b"], [0])
     with pytest.raises(ValueError, match="empty"):
         probes.datasets.ConceptDataset("x", [], [])
+
+
+def test_sweep_result_to_dict_is_plain_json():
+    import json
+
+    g = np.random.default_rng(0)
+    X = torch.from_numpy(g.normal(size=(2, 40, 6))).float()
+    y = np.arange(40) % 2
+    d = probes.sweep_activations(X, y, cv=2).to_dict()
+    again = json.loads(json.dumps(d, allow_nan=False))        # no numpy, tensors or NaN left
+    assert again["acc_mean"] == d["acc_mean"] and len(d["acc_mean"]) == 2 and "activations" not in d
