@@ -38,3 +38,17 @@ class UndoHandle:
 
     def __exit__(self, *exc) -> None:
         self.remove()
+
+
+class WrappingHandle(UndoHandle):
+    """An undo handle around another one (``self._handle``, e.g. the :class:`hooked.HookHandle` of
+    ``model.hooks``) that adds what was applied: steering, SAE edits."""
+
+    _handle: UndoHandle
+
+    @property
+    def active(self) -> bool:
+        return bool(self._handle.active)
+
+    def _undo(self) -> None:
+        self._handle.remove()

@@ -13,12 +13,14 @@ Latent chain-of-thought do-interventions live in :mod:`interventions.latent_cot`
 (``LatentRunner``, step operators, ``sweep_steps``).
 """
 
+from hooked.positions import token_mask as position_mask
+
 from . import data, latent_cot, operators
 from .ablation import ablate_direction, ablation_sites, orthogonalize_weights
 from .evaluate import (
     GenerationSweep,
+    MultiplierSweep,
     ProbeScorer,
-    SweepResult,
     anti_steerable_fraction,
     generation_sweep,
     logit_difference,
@@ -27,8 +29,7 @@ from .evaluate import (
     side_effect_kl,
     steerability_slopes,
 )
-from .extract import extract, from_direction, from_probe, mean_difference, pca_direction, probe_direction
-from .operators import position_mask
+from .extraction import extract, from_direction, from_probe, mean_difference, pca_direction, probe_direction
 from .patching import (
     CleanRun,
     PatchingResult,
@@ -49,7 +50,7 @@ __all__ = [
     "ProbeScorer",
     "SteeringHandle",
     "SteeringVector",
-    "SweepResult",
+    "MultiplierSweep",
     "ablate_direction",
     "ablation_sites",
     "activation_patching",

@@ -22,6 +22,8 @@ from typing import Callable, Sequence
 
 import torch
 
+from hooked.util import batched
+
 from ._common import last_logits, token_ids
 from .data import sentiment_score
 
@@ -59,7 +61,7 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> float:
 
 
 @dataclass
-class SweepResult:
+class MultiplierSweep:
     multipliers: torch.Tensor  # [M]
     metric: torch.Tensor  # [M, N]
     slopes: torch.Tensor  # [N]
@@ -87,15 +89,10 @@ class SweepResult:
         }
 
 
-def _batches(items, batch_size):
-    for i in range(0, len(items), batch_size):
-        yield items[i : i + batch_size]
-
-
 @torch.no_grad()
 def _logits(model, prompts, batch_size):
     out = []
-    for chunk in _batches(prompts, batch_size):
+    for chunk in batched(list(prompts), batch_size):
         enc = model.tokenize(chunk)
         out.append((model.forward(enc["input_ids"], enc["attention_mask"]).float(), enc["attention_mask"]))
     return out
@@ -113,7 +110,7 @@ def multiplier_sweep(
     operator: str = "add",
     batch_size: int = 16,
     progress=None,
-) -> SweepResult:
+) -> MultiplierSweep:
     """Logit difference ``positive - negative`` answer token for each prompt at each multiplier.
 
     ``positive``/``negative`` are one answer token (string or id) or one per prompt.
@@ -133,7 +130,7 @@ def multiplier_sweep(
         rows.append(torch.cat(vals))
     metric = torch.stack(rows)
     mt = torch.tensor(mults)
-    return SweepResult(mt, metric, steerability_slopes(mt, metric))
+    return MultiplierSweep(mt, metric, steerability_slopes(mt, metric))
 
 
 @torch.no_grad()

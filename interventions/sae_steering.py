@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import torch
 
+from hooked import positions as P
+from hooked.handles import WrappingHandle
 from probes.sae_metrics import check_sae_fits, splice_fn
 
 from . import operators as ops
@@ -32,7 +34,7 @@ from ._common import check_writable_site
 from .steering import SteeringHandle, SteeringVector, attach
 
 
-class SAEHandle:
+class SAEHandle(WrappingHandle):
     """The hooks of one SAE intervention; removing it detaches them."""
 
     def __init__(self, handle, kind: str, site: str, sae, detail: dict):
@@ -41,19 +43,6 @@ class SAEHandle:
         self.site = site
         self.sae = sae
         self.detail = detail
-
-    @property
-    def active(self) -> bool:
-        return bool(self._handle.active)
-
-    def remove(self) -> None:
-        self._handle.remove()
-
-    def __enter__(self) -> "SAEHandle":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.remove()
 
     def __repr__(self) -> str:
         state = "active" if self.active else "removed"
@@ -99,12 +88,12 @@ def ablate_latents(model, sae, latents, value: float = 0.0, positions="all") -> 
     bad = [i for i in latents if not 0 <= i < sae.d_sae]
     if bad:
         raise IndexError(f"Latent(s) {bad} out of range: this SAE has {sae.d_sae} latents (0-{sae.d_sae - 1}).")
-    ops.check_positions(positions)
+    spec = P.parse(positions, P.WRITE)
     ops.check_finite("value", float(value))
     idx = torch.tensor(latents)
 
     def edit(f, ctx):
-        mask = ops.position_mask(positions, ctx.positions, ctx.is_generated, ctx.prompt_lengths).to(f.device)
+        mask = P.token_mask(spec, ctx.positions, ctx.is_generated, ctx.prompt_lengths).to(f.device)
         f_new = f.clone()
         sel = f_new[..., idx.to(f.device)]
         f_new[..., idx.to(f.device)] = torch.where(mask[..., None], torch.full_like(sel, float(value)), sel)

@@ -22,7 +22,7 @@ from typing import Mapping
 import torch
 from hooked import artifacts
 from hooked import positions as P
-from hooked.handles import UndoHandle
+from hooked.handles import WrappingHandle
 from hooked.version import library_version
 
 from . import operators as ops
@@ -165,7 +165,7 @@ class SteeringVector:
         return f"SteeringVector({norms}; method={self.method!r}, model={self.model_name!r})"
 
 
-class SteeringHandle(UndoHandle):
+class SteeringHandle(WrappingHandle):
     """The hooks of one ``apply`` call; removing it detaches every site at once."""
 
     def __init__(self, handle, sites, multiplier, positions, operator, source=None):
@@ -175,13 +175,6 @@ class SteeringHandle(UndoHandle):
         self.positions = positions
         self.operator = operator
         self.vector = source
-
-    @property
-    def active(self) -> bool:
-        return bool(getattr(self._handle, "active", True))
-
-    def _undo(self) -> None:
-        self._handle.remove()
 
     def __repr__(self) -> str:
         state = "active" if self.active else "removed"

@@ -99,7 +99,7 @@ def test_every_undo_handle_shares_the_base():
     from interventions.ablation import WeightEdit
     from probes.resuscitate import Resuscitation
 
-    for cls in (hooked.HookHandle, interventions.SteeringHandle, WeightEdit, Resuscitation):
+    for cls in (hooked.HookHandle, interventions.SteeringHandle, interventions.SAEHandle, WeightEdit, Resuscitation):
         assert issubclass(cls, hooked.UndoHandle), cls
 
 

@@ -8,7 +8,7 @@ import torch
 
 from interventions import data, operators as ops
 from interventions.evaluate import anti_steerable_fraction, steerability_slopes
-from interventions.extract import majority_sign, mean_difference, pca_direction
+from interventions.extraction import majority_sign, mean_difference, pca_direction
 from interventions.steering import SteeringVector
 
 

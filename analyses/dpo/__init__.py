@@ -7,7 +7,7 @@ the move lives.
 ...                                checkpoints=run)
 """
 from .causal import localise
-from .internals import (geometry, knowledge_entropy, lens_kl, linear_cka, per_layer_internals, probe_transfer,
+from .internals import (geometry, knowledge_entropy_shift, lens_kl, linear_cka, per_layer_internals, probe_transfer,
                         representation_similarity)
 from .policy import (did_entropy, displacement, implicit_reward, kl_from_samples, pair_logprobs, policy_samples,
                      sample, sequence_logprobs)
@@ -17,7 +17,7 @@ from .train import TrainResult, train
 
 __all__ = [
     "LIMITS", "PreferenceSet", "TrainResult", "did_entropy", "displacement", "geometry", "get_preferences",
-    "implicit_reward", "kl_from_samples", "knowledge_entropy", "knowledge_set", "lens_kl", "linear_cka",
+    "implicit_reward", "kl_from_samples", "knowledge_entropy_shift", "knowledge_set", "lens_kl", "linear_cka",
     "load_jsonl", "localise", "pair_logprobs", "per_layer_internals", "policy_samples", "probe_transfer",
     "representation_similarity", "run_shift_report", "sample", "sequence_logprobs", "style_set", "train",
 ]

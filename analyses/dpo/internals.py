@@ -85,7 +85,7 @@ def lens_kl(reference, policy, prompts, batch_size=8, progress=None) -> dict:
             "entropy_policy": lp.entropy.tolist(), "n_prompts": len(prompts)}
 
 
-def knowledge_entropy(reference, policy, texts, batch_size=8, progress=None) -> dict:
+def knowledge_entropy_shift(reference, policy, texts, batch_size=8, progress=None) -> dict:
     """Knowledge entropy (Kim et al. 2024, Eq. 2, via ``probes.knowledge_entropy``) of both models."""
     kr = probes.knowledge_entropy(reference, texts, batch_size=batch_size, progress=progress)
     kp = probes.knowledge_entropy(policy, texts, batch_size=batch_size, progress=progress)
@@ -207,7 +207,7 @@ def per_layer_internals(reference, policy, prompts, texts=None, geometry_texts=N
     out = {"representation": representation_similarity(reference, policy, prompts, sink_tokens, batch_size,
                                                         progress),
            "lens": lens_kl(reference, policy, prompts, batch_size, progress),
-           "knowledge_entropy": knowledge_entropy(reference, policy, texts or prompts, batch_size, progress),
+           "knowledge_entropy": knowledge_entropy_shift(reference, policy, texts or prompts, batch_size, progress),
            "geometry": geometry(reference, policy, geometry_texts or prompts, batch_size, progress)}
     if probe_datasets:
         out["probe_transfer"] = probe_transfer(reference, policy, probe_datasets, probe_n, seed=seed,

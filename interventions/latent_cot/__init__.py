@@ -1,6 +1,6 @@
 """Latent chain-of-thought: a Coconut/CODI runner with hooks at every latent step,
 do-operators on single steps, and a prefix-reusing sweep over steps."""
-from .operators import (GaussianNoise, GlobalMean, Identity, LatentDropout, LatentOperator, LatentStats, Patch,
+from .do_operators import (GaussianNoise, GlobalMean, Identity, LatentDropout, LatentOperator, LatentStats, Patch,
                         ProjectOut, PureNoise, Replace, StepMean, Swap, Zero, make_operator)
 from .runner import LatentRollout, LatentRunner, StepContext
 from .sweep import StepSweep, sweep_steps
