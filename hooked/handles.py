@@ -33,6 +33,11 @@ class UndoHandle:
         if self.active:
             self._undo()
 
+    @property
+    def state(self) -> str:
+        """``"active"`` or ``"removed"`` (for reprs)."""
+        return "active" if self.active else "removed"
+
     def __enter__(self):
         return self
 
@@ -44,7 +49,8 @@ class WrappingHandle(UndoHandle):
     """An undo handle around another one (``self._handle``, e.g. the :class:`hooked.HookHandle` of
     ``model.hooks``) that adds what was applied: steering, SAE edits."""
 
-    _handle: UndoHandle
+    def __init__(self, handle: UndoHandle):
+        self._handle = handle
 
     @property
     def active(self) -> bool:

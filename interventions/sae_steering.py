@@ -38,15 +38,11 @@ class SAEHandle(WrappingHandle):
     """The hooks of one SAE intervention; removing it detaches them."""
 
     def __init__(self, handle, kind: str, site: str, sae, detail: dict):
-        self._handle = handle
-        self.kind = kind
-        self.site = site
-        self.sae = sae
-        self.detail = detail
+        super().__init__(handle)
+        self.kind, self.site, self.sae, self.detail = kind, site, sae, detail
 
     def __repr__(self) -> str:
-        state = "active" if self.active else "removed"
-        return f"SAEHandle({self.kind} at {self.site}, {self.detail}, {state})"
+        return f"SAEHandle({self.kind} at {self.site}, {self.detail}, {self.state})"
 
 
 def _writable_site(model, sae) -> str:

@@ -169,7 +169,7 @@ class SteeringHandle(WrappingHandle):
     """The hooks of one ``apply`` call; removing it detaches every site at once."""
 
     def __init__(self, handle, sites, multiplier, positions, operator, source=None):
-        self._handle = handle
+        super().__init__(handle)
         self.sites = list(sites)
         self.multiplier = multiplier
         self.positions = positions
@@ -177,8 +177,7 @@ class SteeringHandle(WrappingHandle):
         self.vector = source
 
     def __repr__(self) -> str:
-        state = "active" if self.active else "removed"
-        return f"SteeringHandle({self.operator} x{self.multiplier} at {self.sites}, positions={self.positions!r}, {state})"
+        return f"SteeringHandle({self.operator} x{self.multiplier} at {self.sites}, positions={self.positions!r}, {self.state})"
 
 
 def make_hook(vector: torch.Tensor, multiplier: float, positions="all", operator: str = "add"):

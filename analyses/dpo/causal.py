@@ -27,6 +27,7 @@ import math
 import torch
 from tqdm.auto import tqdm
 
+from hooked.util import batch_slices
 from interventions.patching import patch_forward, record
 from interventions.steering import attach
 
@@ -62,7 +63,7 @@ def localise(reference, policy, pairs, layers=None, batch_size: int = 8, tol: fl
     delta_sum = {L: 0.0 for L in layers}
     n_tok = 0
     sites = {L: f"resid_post.{L}" for L in layers}
-    slices = list(C.batches(len(enc), batch_size))
+    slices = list(batch_slices(len(enc), batch_size))
     for sl in tqdm(slices, disable=not progress, desc="patching"):
         b = enc.batch(sl, dev)
         metric = _sequence_logps(b)
