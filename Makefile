@@ -34,7 +34,7 @@ test: setup
 
 # unit + parity tests only (a few minutes): no real weights, no notebooks, no demo
 test-fast: setup
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not acceptance and not notebook and not demo"
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not acceptance and not notebook and not demo and not families"
 
 bench: setup
 	$(BIN)/python bench/capture.py

@@ -386,8 +386,37 @@ def _paths(spec: ArchSpec) -> list[str]:
     return out
 
 
-# Families TransformerLens 4.3 lacks (or describes in a way the sites cannot use).
-HAND_WRITTEN: dict = {}
+def _llama_layout(hf_model, router: str | None = None, mlp: str = "mlp") -> ArchSpec:
+    """A hand-written description for families laid out like Llama (``model.layers.L.self_attn.q_proj``
+    ... ``mlp.gate_proj/up_proj/down_proj``, ``input_layernorm`` / ``post_attention_layernorm``,
+    ``model.norm``, ``lm_head``); ``router`` names the MoE router inside ``mlp``."""
+    cfg = hf_model.config
+    n_heads = cfg.num_attention_heads
+    d_head = getattr(cfg, "head_dim", None) or cfg.hidden_size // n_heads
+    spec = ArchSpec(
+        model_type=cfg.model_type, source="policylens:hand-written (Llama layout)", embed="model.embed_tokens",
+        layers="model.layers", attn="self_attn", o="o_proj", q="q_proj", k="k_proj", v="v_proj", mlp=mlp,
+        mlp_in=None if router else "up_proj", mlp_gate=None if router else "gate_proj",
+        mlp_out=None if router else "down_proj", router=router,
+        n_experts=_cfg(cfg, "num_local_experts", "num_experts") if router else None,
+        ln1="input_layernorm", ln2="post_attention_layernorm", final_norm="model.norm", unembed="lm_head",
+        n_layers=cfg.num_hidden_layers, d_model=cfg.hidden_size, n_heads=n_heads,
+        n_kv_heads=getattr(cfg, "num_key_value_heads", None) or n_heads, d_head=d_head,
+        d_mlp=None if router else cfg.intermediate_size,
+        vocab_size=int(hf_model.get_output_embeddings().weight.shape[0]),
+    )
+    missing = [p for p in _paths(spec) if not has_module(hf_model, p)]
+    if missing:
+        raise ValueError(f"The hand-written {cfg.model_type} description names modules this model lacks: {missing}.")
+    return spec
+
+
+# Families TransformerLens 4.3 has no adapter for, described by hand (its backend is then
+# unavailable for them: use backend="nnsight").
+HAND_WRITTEN: dict = {
+    "helium": _llama_layout,
+    "phimoe": lambda m: _llama_layout(m, router="router"),
+}
 
 
 def described_families() -> list[str]:
@@ -461,6 +490,12 @@ def verify(hooked_model, force: bool = False) -> None:
                                    f"{tuple(value.shape)}, expected {want}. Fix its entry in hooked.arch.")
     check("final_norm", got["final_norm"], hs[-1], "HF last hidden state")
     check("logits", got["logits"], ref.logits, "HF logits")
+    # residual sites alone (the TL backend then runs each layer's own HF attention)
+    with torch.inference_mode():
+        _, plain = hooked_model._run(ids, mask, saves=[f"resid_post.{layer}" for layer in range(n)] + ["logits"])
+    for layer in range(min(n, spec.n_layers - 1)):
+        check(f"resid_post.{layer}", plain[f"resid_post.{layer}"], hs[layer + 1], f"HF hidden_states[{layer + 1}]")
+    check("logits", plain["logits"], ref.logits, "HF logits")
     _VERIFIED.add(key)
 
 
@@ -483,3 +518,32 @@ def finish_logits(config, logits: torch.Tensor) -> torch.Tensor:
     if mt.startswith("granite") and getattr(config, "logits_scaling", None):
         logits = logits / config.logits_scaling
     return logits
+
+
+def families_table() -> str:
+    """Markdown table of the families policylens is tested on (one tiny config per model type).
+
+    Built from :data:`hooked.loading.TINY_ARCHS` and each family's :func:`describe` output
+    (models instantiated on the meta device: no weights); the README's table is this output.
+    """
+    from transformers import AutoModelForCausalLM
+
+    from .loading import TINY_ARCHS, tiny_config
+
+    rows = ["| model type | description from | block | MoE | q/k/v from | post-norms |",
+            "|---|---|---|---|---|---|"]
+    for arch in TINY_ARCHS:
+        cfg = tiny_config(arch, vocab_size=256)
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(cfg)
+        spec = describe(model)
+        src = spec.source.split(":")[-1].replace("ArchitectureAdapter", "") + " (TL)" if spec.source.startswith(
+            "transformer_lens") else spec.source
+        qkv = f"fused `{spec.qkv}` ({spec.qkv_layout})" if spec.qkv else "separate projections"
+        post = ", ".join(p for p in (spec.ln1_post, spec.ln2_post) if p) or "-"
+        rows.append(f"| `{spec.model_type}` | {src} | {spec.topology} | {'yes' if spec.moe else '-'} | {qkv} | {post} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":  # python -m hooked.arch  -> the README's family table
+    print(families_table())

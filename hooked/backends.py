@@ -23,7 +23,7 @@ from typing import Callable
 import torch
 
 from . import sites as S
-from .arch import ArchSpec, get_module
+from .arch import ArchSpec, get_module, get_module_through_wrappers
 
 
 class _StopForward(Exception):
@@ -127,14 +127,21 @@ def tl_hook_name(spec: ArchSpec, site: S.Site) -> str:
     return _TL_HOOKS[site.kind].format(L=site.layer)
 
 
+# Sites computed inside attention: only TransformerLens' own attention exposes them
+ATTENTION_INTERNAL_KINDS = frozenset({"attn.q", "attn.k", "attn.v", "attn.head_out", "attn.pattern"})
+
+
 class TLBackend:
     """Hooks through the TransformerLens 4 ``TransformerBridge`` hook points.
 
     The bridge swaps modules for bridge components in place, so it is built on a
     :func:`structural_copy` of the model; calling that copy fires the bridge's hook points
-    with numbers equal to plain ``transformers`` (checked by the parity tests). The
-    bridge computes attention itself for most families (to expose ``hook_pattern``), so
-    this backend does not use SDPA while hooks are active.
+    with numbers equal to plain ``transformers`` (checked by the parity tests).
+
+    The bridge re-implements attention step by step (eager) to expose ``hook_q`` ...
+    ``hook_pattern``. A forward that needs none of those sites runs each layer's own HF
+    attention module instead (the model's attention implementation, SDPA by default), so
+    residual-stream work runs at plain-model speed; the other hook points fire as usual.
     """
 
     name = "tl"
@@ -142,6 +149,12 @@ class TLBackend:
     def __init__(self, hf_model, tokenizer, spec: ArchSpec, bridge=None):
         if bridge is None:
             from transformer_lens.model_bridge.sources._bridge_builder import build_bridge_from_module
+
+            if not spec.source.startswith("transformer_lens"):
+                raise ValueError(
+                    f"TransformerLens has no adapter for {spec.model_type!r} (policylens describes it by hand), so the "
+                    "TL backend cannot hook it; load it with backend='nnsight'."
+                )
 
             runtime = structural_copy(hf_model)
             runtime.eval()
@@ -154,6 +167,29 @@ class TLBackend:
         self.runtime_model = bridge.original_model
         self.plain_model = hf_model
         self.spec = spec
+        self._attn_bridges = None
+
+    def _attention_bridges(self) -> list:
+        if self._attn_bridges is None:
+            out = []
+            for layer in range(self.spec.n_layers):
+                mod = get_module_through_wrappers(self.runtime_model, self.spec.attn_path(layer))
+                if type(mod).__name__.endswith("Bridge") and getattr(mod, "original_component", None) is not None:
+                    out.append(mod)
+            self._attn_bridges = out
+        return self._attn_bridges
+
+    @contextlib.contextmanager
+    def _native_attention(self):
+        """Each attention bridge runs its HF module's own forward (no attention-internal hooks)."""
+        bridges = self._attention_bridges()
+        try:
+            for mod in bridges:
+                mod.forward = mod.original_component.forward
+            yield
+        finally:
+            for mod in bridges:
+                mod.__dict__.pop("forward", None)
 
     def writable(self, site: S.Site) -> bool:
         return site.kind != "mlp.router"
@@ -184,8 +220,9 @@ class TLBackend:
                 return None if router else x
 
             added.append((hp, hp.add_hook(hook)))
+        native = not any(item.site.kind in ATTENTION_INTERNAL_KINDS for item in plan)
         try:
-            with contextlib.suppress(_StopForward):
+            with contextlib.suppress(_StopForward), (self._native_attention() if native else contextlib.nullcontext()):
                 out = self.runtime_model(**inputs)
                 return out.logits, saved
             return None, saved

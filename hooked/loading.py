@@ -130,7 +130,10 @@ TINY_ARCHS = (
     "llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "gemma", "gemma2", "gemma3",
     "phi", "phi3", "gpt2", "gpt_neox", "gptj", "olmo", "olmo2", "olmoe", "granite", "starcoder2", "stablelm",
     "cohere", "falcon", "smollm3", "glm", "glm4", "granitemoe", "gpt_bigcode", "seed_oss", "olmo3",
+    "helium", "phimoe",
 )
+# Families described by hand because TransformerLens has no adapter: nnsight backend only.
+NNSIGHT_ONLY_ARCHS = ("helium", "phimoe")
 _TINY_ALIASES = {"gemma3": "gemma3_text"}
 
 
@@ -158,7 +161,7 @@ def tiny_config(arch: str, n_layers: int = 3, d_model: int = 64, n_heads: int = 
     )
     if mt == "gemma3_text":
         fields["layer_types"] = ["sliding_attention"] * (n_layers - 1) + ["full_attention"]
-    if mt in ("gemma", "gemma2", "gemma3_text", "olmo2", "qwen3", "qwen3_moe", "smollm3", "glm4", "olmo3", "seed_oss",
+    if mt in ("helium", "phimoe", "gemma", "gemma2", "gemma3_text", "olmo2", "qwen3", "qwen3_moe", "smollm3", "glm4", "olmo3", "seed_oss",
               "stablelm", "cohere", "granite", "mistral", "mixtral", "llama", "qwen2", "qwen2_moe", "olmo", "olmoe",
               "granitemoe", "glm", "starcoder2", "phi3"):
         fields["head_dim"] = d_model // n_heads
