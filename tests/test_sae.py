@@ -328,3 +328,19 @@ def test_topk_trainer_recovers_a_planted_dictionary():
 def test_corpus_is_deterministic():
     a, b = probes.sae_corpus(20, seed=0), probes.sae_corpus(20, seed=0)
     assert a == b and len(set(a)) == 20 and probes.sae_corpus(20, seed=1) != a
+
+
+# ---------------------------------------------------------------------- the shipped SmolLM2 SAE
+@pytest.mark.acceptance
+def test_shipped_smollm2_sae_reconstructs_held_out_text(smollm2_tl):
+    sae = probes.smollm2_sae()
+    assert sae.site == "resid_post.9" and sae.architecture == "topk" and sae.d_in == smollm2_tl.d_model
+    held_out = probes.sae_corpus(40, seed=1)  # same generator, unseen seed
+    m = probes.reconstruction_metrics(smollm2_tl, sae, held_out)
+    assert m["fve"] > 0.6 and m["l0"] <= sae.k and m["ce_loss_recovered"] > 0.6, m
+    report = probes.feature_report(smollm2_tl, sae, held_out, n_features=4, n_top=5)
+    assert len(report) == 4 and all(r["top"] for r in report)
+    ex = iv.steering_example(smollm2_tl, sae, report[0]["latent"], ["My favourite thing is"], alphas=(0.0, 40.0),
+                             max_new_tokens=8)
+    assert ex[0.0] != ex[40.0]
+    assert not smollm2_tl.active_hooks
