@@ -218,8 +218,8 @@ def activation_patching(
 ) -> PatchingResult:
     """Patch each site x position from the clean run (of ``source_model``, default ``model``) into ``model``'s corrupted run.
 
-    ``positions``: ``"each"`` (one column per real-token index), ``"all"`` (one column,
-    every position at once), or a list of real-token indices (one column each).
+    ``positions`` (:mod:`hooked.positions`): ``"each"`` (one column per real-token index), ``"all"``
+    (one column, every position at once), or an int or list of real-token indices (one column each).
     ``answers=(clean_answer, corrupted_answer)`` sets the default logit-difference
     metric; or pass ``metric(logits) -> float``. Several columns of one site run as
     one forward of up to ``max_batch`` rows (the corrupted batch repeated per column).
@@ -235,6 +235,7 @@ def activation_patching(
             b = model.tokenizer.encode(c, add_special_tokens=False)
             if a != b:
                 raise ValueError(f"Source and destination tokenizers disagree on {c!r}: {a} vs {b}.")
+    spec = P.parse(positions, P.PATCH)
     names = _sites.expand(model, sites)
     for n in names:
         check_writable_site(model, n)
@@ -250,7 +251,6 @@ def activation_patching(
             "there is nothing to recover; pick prompts/answers whose metric differs."
         )
     n_real = int(clean_run.attention_mask.sum(1).max())
-    spec = P.parse(positions, P.PATCH)
     if spec.kind == "each":
         cols = list(range(n_real))
     elif spec.kind == "all":
