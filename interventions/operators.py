@@ -68,10 +68,17 @@ def unit(vector: torch.Tensor) -> torch.Tensor:
     return vector.float() / norm
 
 
-def add(act: torch.Tensor, vector: torch.Tensor, multiplier: float = 1.0, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Activation addition ``x' = x + m v`` at the masked positions."""
+def add_delta(act: torch.Tensor, vector: torch.Tensor, multiplier: float = 1.0) -> torch.Tensor:
+    """``m v`` computed in float32, in ``act``'s device and dtype (what :func:`add` adds)."""
     check_shapes(act, vector)
-    delta = (float(multiplier) * vector.to(device=act.device, dtype=torch.float32)).to(act.dtype)
+    return (float(multiplier) * vector.to(device=act.device, dtype=torch.float32)).to(act.dtype)
+
+
+def add(act: torch.Tensor, vector: torch.Tensor, multiplier: float = 1.0, mask: torch.Tensor | None = None,
+        delta: torch.Tensor | None = None) -> torch.Tensor:
+    """Activation addition ``x' = x + m v`` at the masked positions (``delta``: a precomputed :func:`add_delta`)."""
+    if delta is None:
+        delta = add_delta(act, vector, multiplier)
     return apply_mask(act, act + delta, mask, vector.dim())
 
 

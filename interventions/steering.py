@@ -201,9 +201,8 @@ def make_hook(vector: torch.Tensor, multiplier: float, positions="all", operator
         if operator == "add":
             delta = cache.get(key)
             if delta is None:
-                ops.check_shapes(act, vector)
-                delta = cache[key] = (m * vector.to(device=act.device, dtype=torch.float32)).to(act.dtype)
-            return act + delta if mask is None else ops.apply_mask(act, act + delta, mask, vector.dim())
+                delta = cache[key] = ops.add_delta(act, vector, m)
+            return ops.add(act, vector, mask=mask, delta=delta)
         v = cache.get(key)
         if v is None:
             v = cache[key] = vector.to(device=act.device)
