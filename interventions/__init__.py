@@ -17,6 +17,7 @@ from hooked.positions import token_mask as position_mask
 
 from . import data, latent_cot, operators
 from .ablation import ablate_direction, ablation_sites, orthogonalize_weights
+from .attribution import attribution_patching
 from .evaluate import (
     GenerationSweep,
     MultiplierSweep,
@@ -56,6 +57,7 @@ __all__ = [
     "activation_patching",
     "ablate_latents",
     "anti_steerable_fraction",
+    "attribution_patching",
     "data",
     "latent_cot",
     "extract",
