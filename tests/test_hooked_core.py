@@ -114,28 +114,31 @@ def test_nnsight_refuses_read_only_site():
 # ---------------------------------------------------------------- capture
 def test_forward_stop_after(model):
     calls, seen = [], []
-    head = model.hf_model.get_output_embeddings()
-    h = head.register_forward_hook(lambda *a: calls.append(1))
+    hs = [head.register_forward_hook(lambda *a: calls.append(1)) for head in model.module_copies(model.spec.unembed)]
     try:
         enc = model.tokenize(["a b c"])
         with model.hooks({"mlp.hidden.1": lambda a, c: seen.append(a.shape) or None}):
             assert model.forward(enc["input_ids"], enc["attention_mask"], stop_after="mlp.hidden.1") is None
         assert calls == [] and seen == [(1, 3, 128)]
+        model.forward(enc["input_ids"], enc["attention_mask"])
+        assert calls == [1]  # the hook does see a full forward
     finally:
-        h.remove()
+        for h in hs:
+            h.remove()
 
 
 def test_capture_stops_after_deepest_site(model):
     calls = []
-    head = model.hf_model.get_output_embeddings()
-    h = head.register_forward_hook(lambda *a: calls.append(1))
+    # the unembedding of every module tree the model runs (its plain copy and the backend's)
+    hs = [head.register_forward_hook(lambda *a: calls.append(1)) for head in model.module_copies(model.spec.unembed)]
     try:
         model.capture(["a b c"], ["resid_post.0"])
         assert calls == []
         model.capture(["a b c"], ["logits"])
         assert calls == [1]
     finally:
-        h.remove()
+        for h in hs:
+            h.remove()
 
 
 def test_positions_mask_and_lists(model):
