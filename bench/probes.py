@@ -38,21 +38,12 @@ from threadpoolctl import threadpool_limits
 
 import probes  # noqa: E402
 from probes.cv import make_folds  # noqa: E402
+from probes.datasets import synthetic_stack  # noqa: E402
 
 
 def synthetic(L=30, N=1500, d=576, seed=0):
-    """Residual-like stack: shared low-rank structure, anisotropic noise and a concept direction
-    whose strength grows with depth (so early layers are near chance and late ones separable)."""
-    g = torch.Generator().manual_seed(seed)
-    y = np.arange(N) % 2
-    basis = torch.randn(32, d, generator=g) * torch.linspace(3, 0.3, 32)[:, None]
-    v = torch.randn(d, generator=g)
-    v /= v.norm()
-    sign = torch.as_tensor(y * 2.0 - 1.0)[:, None]
-    X = torch.empty(L, N, d)
-    for layer in range(L):
-        shared = torch.randn(N, 32, generator=g) @ basis
-        X[layer] = shared + torch.randn(N, d, generator=g) + (layer / L) * 1.2 * sign * v
+    """Residual-like stack whose concept strength grows with depth (probes.datasets.synthetic_stack)."""
+    X, y = synthetic_stack(L, N, d, rank=32, strength=1.2, seed=seed)
     return X, y, None
 
 

@@ -231,3 +231,27 @@ def from_csv(path, name: str | None = None) -> ConceptDataset:
     groups = np.asarray([r["group"] for r in rows]) if "group" in cols else None
     return ConceptDataset(name or path.stem, [r["text"] for r in rows], labels, groups, names,
                           f"Loaded from {path}.")
+
+
+def synthetic_stack(n_layers: int = 30, n: int = 1500, d: int = 576, rank: int = 32, strength: float = 1.2,
+                    offset: float = 0.0, seed: int = 0, scales: tuple = (3.0, 0.3)):
+    """A residual-like ``[n_layers, n, d]`` stack with binary labels, for solver tests and benchmarks.
+
+    Each layer is low-rank anisotropic structure (``rank`` directions with ``scales`` from high to low),
+    isotropic noise, a constant ``offset`` and a concept direction whose signed strength grows
+    linearly with depth (``strength * layer / n_layers``): early layers are near chance, late
+    ones separable. Returns ``(X, y)``.
+    """
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    y = np.arange(n) % 2
+    basis = torch.randn(rank, d, generator=g) * torch.linspace(scales[0], scales[1], rank)[:, None]
+    v = torch.randn(d, generator=g)
+    v /= v.norm()
+    sign = torch.as_tensor(y * 2.0 - 1.0, dtype=torch.float32)[:, None]
+    X = torch.empty(n_layers, n, d)
+    for layer in range(n_layers):
+        X[layer] = (torch.randn(n, rank, generator=g) @ basis + torch.randn(n, d, generator=g)
+                    + strength * layer / n_layers * sign * v + offset)
+    return X, y

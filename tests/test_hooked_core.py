@@ -210,7 +210,8 @@ def test_unknown_model_spec_names_packaged_models():
         hooked.load_model("/tmp/definitely/missing.gguf")
 
 
-def test_corrupted_cache_is_detected_and_rebuilt(tmp_path, monkeypatch):
+def _fake_cache(tmp_path, monkeypatch, with_mtime: bool):
+    """A cache entry 'fake' of 100 bytes with its manifest; returns (packaged module, weights path)."""
     from hooked import packaged
 
     monkeypatch.setenv(packaged.CACHE_ENV, str(tmp_path))
@@ -218,7 +219,15 @@ def test_corrupted_cache_is_detected_and_rebuilt(tmp_path, monkeypatch):
     d.mkdir(parents=True)
     w = d / "model.safetensors"
     w.write_bytes(b"x" * 100)
-    (d / "policylens-cache.json").write_text(json.dumps({"format_version": 1, "size": 100, "sha256": packaged._sha256(w)}))
+    meta = {"format_version": 1, "size": 100, "sha256": packaged._sha256(w)}
+    if with_mtime:
+        meta["mtime_ns"] = w.stat().st_mtime_ns
+    (d / "policylens-cache.json").write_text(json.dumps(meta))
+    return packaged, w
+
+
+def test_corrupted_cache_is_detected_and_rebuilt(tmp_path, monkeypatch):
+    packaged, w = _fake_cache(tmp_path, monkeypatch, with_mtime=False)
     assert packaged.cache_status("fake") == "ok"
     w.write_bytes(b"x" * 50)
     assert packaged.cache_status("fake").startswith("truncated")
@@ -227,15 +236,7 @@ def test_corrupted_cache_is_detected_and_rebuilt(tmp_path, monkeypatch):
 
 
 def test_cache_check_hashes_only_when_the_file_changed_or_asked(tmp_path, monkeypatch):
-    from hooked import packaged
-
-    monkeypatch.setenv(packaged.CACHE_ENV, str(tmp_path))
-    d = tmp_path / "models" / "fake"
-    d.mkdir(parents=True)
-    w = d / "model.safetensors"
-    w.write_bytes(b"x" * 100)
-    meta = {"format_version": 1, "size": 100, "sha256": packaged._sha256(w), "mtime_ns": w.stat().st_mtime_ns}
-    (d / "policylens-cache.json").write_text(json.dumps(meta))
+    packaged, w = _fake_cache(tmp_path, monkeypatch, with_mtime=True)
     hashed = []
     real = packaged._sha256
     monkeypatch.setattr(packaged, "_sha256", lambda path: hashed.append(path) or real(path))

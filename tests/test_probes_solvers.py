@@ -7,22 +7,13 @@ from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
 from probes import make_folds, sweep_activations
+from probes.datasets import synthetic_stack
 from probes.solvers import closed_form, fit_logistic_folds
 
 
 def residual_like(L=5, n=160, d=24, seed=0):
     """Anisotropic, offset, low-rank-plus-noise layers with a concept of growing strength."""
-    g = torch.Generator().manual_seed(seed)
-    y = np.arange(n) % 2
-    basis = torch.randn(6, d, generator=g) * torch.linspace(4, 0.5, 6)[:, None]
-    v = torch.randn(d, generator=g)
-    v /= v.norm()
-    sign = torch.as_tensor(y * 2.0 - 1.0)[:, None]
-    X = torch.empty(L, n, d)
-    for layer in range(L):
-        X[layer] = (torch.randn(n, 6, generator=g) @ basis + torch.randn(n, d, generator=g)
-                    + 0.6 * layer * sign * v + 20.0)
-    return X, y
+    return synthetic_stack(L, n, d, rank=6, strength=0.6 * L, offset=20.0, seed=seed, scales=(4.0, 0.5))
 
 
 def sklearn_loop(X, y, folds, C=1.0):
