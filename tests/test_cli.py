@@ -2,6 +2,7 @@
 
 import argparse
 import json
+import math
 
 import pytest
 
@@ -124,3 +125,21 @@ def test_patch_writes_heatmap_and_numbers(tiny_dir, tmp_path):
     # the last layer at every position carries the whole clean run: the position that differs recovers 100 %
     assert max(last) == pytest.approx(1.0, abs=1e-4)
     assert (out / "patching.png").stat().st_size > 1000
+
+
+def test_patch_attribution_methods_write_the_same_layout(tiny_dir, tmp_path):
+    args = ["patch", "--model", str(tiny_dir), "--clean", "The tower is in the city of",
+            "--corrupted", "The arena is in the city of", "--sites", "resid_post.2", "resid_post.0"]
+    for method in ("atp", "ig"):
+        out = tmp_path / method
+        assert main(args + ["--method", method, "--ig-steps", "4", "--out", str(out)]) == 0
+        data = json.loads((out / "patching.json").read_text())
+        assert data["sites"] == ["resid_post.0", "resid_post.2"] and data["method"] == method
+        # patching the last residual stream at every position recovers everything; integrated gradients
+        # interpolate the whole site at once, so their columns sum to that (completeness)
+        total = sum(data["recovered"][1])
+        if method == "ig":
+            assert total == pytest.approx(1.0, abs=0.05)
+        else:
+            assert math.isfinite(total)
+        assert (out / "patching.png").stat().st_size > 1000

@@ -49,8 +49,12 @@ def cmd_steer(args) -> int:
 
 def cmd_patch(args) -> int:
     model = load_model(args)
-    res = iv.activation_patching(model, args.clean, args.corrupted, args.sites, answers=(args.answer, args.wrong),
-                                 progress=True)
+    if args.method == "exact":
+        res = iv.activation_patching(model, args.clean, args.corrupted, args.sites, answers=(args.answer, args.wrong),
+                                     progress=True)
+    else:
+        res = iv.attribution_patching(model, args.clean, args.corrupted, args.sites, answers=(args.answer, args.wrong),
+                                      method=args.method, ig_steps=args.ig_steps)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     res.plot().savefig(out / "patching.png", dpi=110)
@@ -82,4 +86,7 @@ def register(sub) -> None:
     p.add_argument("--answer", default=" Paris")
     p.add_argument("--wrong", default=" Rome")
     p.add_argument("--sites", nargs="+", default=["resid_post.*"], help="site names or patterns (default: resid_post.*)")
+    p.add_argument("--method", default="exact", choices=["exact", "atp", "ig"],
+                   help="exact patching, or its gradient estimates: attribution patching (atp), integrated gradients (ig)")
+    p.add_argument("--ig-steps", type=int, default=8, help="path points for --method ig")
     p.set_defaults(func=cmd_patch)
