@@ -124,15 +124,15 @@ def alpha_req(X, center: bool = True, ranks: tuple[int, int] | None = REFERENCE_
 
 
 def site_geometry(model, prompts, sites="resid_post.*", positions="last", batch_size=16,
-                  progress=None) -> dict:
+                  progress=None, ranks: tuple[int, int] | None = REFERENCE_RANKS) -> dict:
     """Covariance RankMe and alpha-ReQ for every site matching ``sites`` from one capture:
-    {site: (rankme_covariance, alpha_req)}."""
-    from .sweep import _expand
-    concrete = _expand(model, sites)
+    {site: (rankme_covariance, alpha_req)}. ``ranks`` is alpha-ReQ's fit window (the reference
+    window (12, 100) needs more than 100 prompts; pass a smaller one for fewer)."""
+    concrete = model.sites(sites)
     acts = model.capture(list(prompts), sites=concrete, positions=positions, batch_size=batch_size,
                          progress=progress)
     out = {}
     for s in concrete:
         X = acts[s].reshape(acts[s].shape[0], -1)
-        out[s] = (rankme_covariance(X), alpha_req(X))
+        out[s] = (rankme_covariance(X), alpha_req(X, ranks=ranks))
     return out

@@ -41,7 +41,7 @@ def test_gemma3_packaged_matches_hf():
     from transformers import AutoModelForCausalLM
 
     g = hooked.load_model("gemma-3-270m", backend="nnsight")
-    assert g.arch == "gemma3" and g.n_layers == 18 and g.d_model == 640
+    assert g.arch == "gemma3_text" and g.spec.topology == "sandwich" and g.n_layers == 18 and g.d_model == 640
     hf = AutoModelForCausalLM.from_pretrained(str(packaged.model_cache_dir("gemma-3-270m")), attn_implementation="eager").eval()
     enc = g.tokenize(["The capital of France is"])
     assert enc["input_ids"][0, 0] == g.tokenizer.bos_token_id  # Gemma's tokenizer adds <bos> itself

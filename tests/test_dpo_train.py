@@ -67,29 +67,6 @@ def test_identical_policy_gives_zero_reward_and_kl(trained):
     assert s["kl"]["kl"] == 0.0
 
 
-def test_did_entropy_estimator():
-    n, k = 3, 5
-    zeros = torch.zeros(n, k, dtype=torch.float64)
-    # a = log pi - log pi_ref - log q constant per prompt -> uniform weights: entropy log K, ESS K
-    lq = torch.randn(n, k, dtype=torch.float64)
-    u = P.did_entropy(zeros + lq + 2.0, zeros + 2.0, lq)
-    assert u["weight_entropy"] == pytest.approx(math.log(k), abs=1e-12) and u["ess"] == pytest.approx(k)
-    # one dominant sample -> entropy ~0, ESS ~1
-    a = torch.zeros(n, k, dtype=torch.float64)
-    a[:, 0] = 60.0
-    d = P.did_entropy(a, zeros, zeros)
-    assert d["weight_entropy"] < 1e-20 and d["ess"] == pytest.approx(1.0)
-    # exact check: sampling q = pi_ref over an enumerated 4-sequence space with all K = 4 sequences drawn
-    # once; then the SNIS entropy equals H(q_D) exactly when q is uniform
-    pi = torch.tensor([[0.4, 0.3, 0.2, 0.1]], dtype=torch.float64)
-    ref = torch.full((1, 4), 0.25, dtype=torch.float64)
-    out = P.did_entropy(pi.log(), ref.log(), ref.log())
-    qd = (pi / ref) / (pi / ref).sum()
-    assert out["did_entropy"] == pytest.approx(-(qd * qd.log()).sum().item(), abs=1e-12)
-    with pytest.raises(ValueError, match="one shape"):
-        P.did_entropy(zeros, zeros[:, :2], zeros)
-
-
 def test_bad_input_errors(trained, tmp_path):
     base, policy, _ = trained
     long_prompt = "word " * 300  # tiny models have a 256-token context

@@ -148,6 +148,6 @@ def test_attention_entropy_and_geometry_on_tiny_model(llama):
     lengths = llama.tokenize(TEXTS)["attention_mask"].sum(1).tolist()
     uniform = np.mean([math.log(i + 1) for n in lengths for i in range(n)])
     np.testing.assert_allclose(ent.numpy(), uniform, atol=5e-3)
-    geo = probes.site_geometry(llama, TEXTS * 2, sites="resid_post.0")
+    geo = probes.site_geometry(llama, TEXTS * 2, sites="resid_post.0", ranks=(1, 4))
     rm, alpha = geo["resid_post.0"]
     assert 1.0 <= rm <= len(TEXTS) and alpha > 0
