@@ -185,7 +185,8 @@ class TLBackend:
         bridges = self._attention_bridges()
         try:
             for mod in bridges:
-                mod.forward = mod.original_component.forward
+                # straight into the instance dict: a bridge's __setattr__ forwards unknown names to the HF module
+                object.__setattr__(mod, "forward", _native_forward(mod))
             yield
         finally:
             for mod in bridges:
@@ -231,6 +232,20 @@ class TLBackend:
                 h.hook.remove()
                 if h in hp.fwd_hooks:
                     hp.fwd_hooks.remove(h)
+
+
+def _native_forward(bridge):
+    """The HF attention module's own forward, with the bridge's ``hook_out`` (``hook_attn_out``)
+    still firing on its output, as the bridge's re-implementation does."""
+    original = bridge.original_component
+
+    def forward(*args, **kwargs):
+        out = original(*args, **kwargs)
+        if isinstance(out, tuple):
+            return (bridge.hook_out(out[0]), *out[1:])
+        return bridge.hook_out(out)
+
+    return forward
 
 
 # --------------------------------------------------------------------------- nnsight

@@ -16,6 +16,7 @@ import hooked
 import interventions
 from conftest import FP32_ATOL
 from hooked.arch import get_module
+from hooked.backends import ATTENTION_INTERNAL_KINDS
 from hooked.loading import NNSIGHT_ONLY_ARCHS
 
 pytestmark = pytest.mark.parity
@@ -173,6 +174,12 @@ def test_backends_agree_on_every_site(family):
     assert a.sites == b.sites
     for s in a.sites:
         torch.testing.assert_close(a[s], b[s], atol=FP32_ATOL, rtol=0, msg=f"{arch}/{s}")
+    # without attention-internal sites the TL backend runs each layer's own HF attention
+    outside = [s for s in a.sites if hooked.sites.parse(s).kind not in ATTENTION_INTERNAL_KINDS]
+    c = tl.capture(PROMPTS, outside, positions="all")
+    d = nn.capture(PROMPTS, outside, positions="all")
+    for s in outside:
+        torch.testing.assert_close(c[s], d[s], atol=FP32_ATOL, rtol=0, msg=f"{arch}/native attention/{s}")
 
 
 def test_cached_greedy_generation_equals_uncached_and_hf(family):
