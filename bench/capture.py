@@ -94,7 +94,7 @@ def main() -> None:
     print(f"capture(tl) vs TL run_with_cache: {t_tl_cache / t_cap_tl:5.2f}x;  capture(nnsight) vs nnsight trace: {t_nn / t_cap_nn:5.2f}x")
 
     long_prompt = " ".join([PROMPT] * 40)
-    ids = tl.tokenizer(long_prompt, add_special_tokens=False)["input_ids"][: min(500, tl.max_length - 12)]
+    ids = tl.tokenizer(long_prompt, add_special_tokens=False)["input_ids"][: min(511, tl.max_length - 12)]
     long_text = tl.tokenizer.decode(ids, skip_special_tokens=True)
     long_enc = tl.tokenize([long_text] * args.long_batch)
     t_long = long_enc["input_ids"].shape[1]
