@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from hooked.util import torch_threads
+
 PROFILES = {
     # steps, checkpoint steps, batch size, model width, layers
     "quick": dict(steps=400, checkpoints=[0, 25, 50, 100, 200, 400], batch_size=32, d_model=64,
@@ -148,13 +150,8 @@ def run(out_dir="runs/pretraining_entropy", profile: str = "quick", progress: bo
     latency-bound; one thread avoids oversubscription on a shared CPU (measured: 0.37 s per step
     with 1 thread vs 6.3 s with 2 on a busy 2-core machine). ``None`` keeps the current setting.
     """
-    previous = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         return _run(out_dir, profile, progress, seed, n_eval_texts)
-    finally:
-        torch.set_num_threads(previous)
 
 
 def _run(out_dir, profile, progress, seed, n_eval_texts) -> dict:

@@ -31,7 +31,7 @@ gap), so the two compare cell by cell and plot the same way.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable
 
 import torch
 

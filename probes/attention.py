@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import torch
 
+from hooked.util import batched
+
 
 def pattern_entropy(pattern: torch.Tensor, attention_mask: torch.Tensor | None = None):
     """Sum over real queries of the row entropies and the number of real queries.
@@ -52,7 +54,6 @@ def attention_entropy(model, prompts, layers=None, batch_size=8, progress=None) 
     """
     from tqdm.auto import tqdm
 
-    from .entropy import _batches
     layers = list(range(model.n_layers)) if layers is None else list(layers)
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     if not prompts:
@@ -60,7 +61,7 @@ def attention_entropy(model, prompts, layers=None, batch_size=8, progress=None) 
     sites = [f"attn.pattern.{l}" for l in layers]
     sums = torch.zeros(len(layers), model.n_heads, dtype=torch.float64)
     count = 0
-    for batch in tqdm(list(_batches(prompts, batch_size)), disable=not progress,
+    for batch in tqdm(list(batched(prompts, batch_size)), disable=not progress,
                       desc="attention entropy"):
         acts = model.capture(batch, sites=sites, positions="all", batch_size=len(batch),
                              progress=False)

@@ -16,6 +16,8 @@ import torch
 from scipy import stats
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
+from hooked.util import torch_threads
+
 from .linear import check_labels
 from .solvers import METHODS, closed_form, fit_logistic_folds
 
@@ -129,14 +131,9 @@ def cross_validate(X, y, groups=None, cv=5, method="logistic", control=True, see
     ``threads``: torch threads while the sweep runs (restored after; ``None`` keeps the current
     setting). The batched solver is bandwidth-bound, so on a shared CPU one thread is the default.
     """
-    previous = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         return _cross_validate(X, y, groups, cv, method, control, seed, C, shrinkage, standardize,
                                max_iter, tol, control_labels)
-    finally:
-        torch.set_num_threads(previous)
 
 
 def _cross_validate(X, y, groups, cv, method, control, seed, C, shrinkage, standardize, max_iter,

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
+from hooked.util import batched
+
 
 @dataclass
 class KnowledgeEntropy:
@@ -80,13 +82,6 @@ class CoefficientAccumulator:
                                 int(self.n_seqs[0]), self.n_tokens)
 
 
-def _batches(items, batch_size):
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
-    for i in range(0, len(items), batch_size):
-        yield items[i:i + batch_size]
-
-
 def _check_texts(texts):
     if isinstance(texts, str):
         raise TypeError("texts must be a list of strings, not a single string; wrap it: [text].")
@@ -120,7 +115,7 @@ def knowledge_entropy(model, texts, batch_size: int = 8, progress=None) -> Knowl
         return fn
 
     hooks = {f"mlp.hidden.{l}": make(l) for l in range(model.n_layers)}
-    batches = list(_batches(texts, batch_size))
+    batches = list(batched(texts, batch_size))
     with torch.no_grad(), model.hooks(hooks):
         for batch in tqdm(batches, disable=not progress, desc="knowledge entropy"):
             enc = model.tokenize(batch)

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import torch
 
+from hooked.util import batch_slices
+
 
 def is_hooked(model) -> bool:
     return hasattr(model, "hf_model") and hasattr(model, "hooks") and hasattr(model, "capture")
@@ -146,6 +148,4 @@ def token_logprobs(logits: torch.Tensor, enc: EncodedPairs) -> torch.Tensor:
     return (per_tok * enc.completion_mask[:, 1:]).sum(1)
 
 
-def batches(n: int, batch_size: int):
-    for s in range(0, n, batch_size):
-        yield slice(s, min(n, s + batch_size))
+batches = batch_slices  # slice(0, b), slice(b, 2b), ... (hooked.util)

@@ -20,26 +20,14 @@ from __future__ import annotations
 
 import copy
 import time
-from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
 
+from hooked.util import torch_threads
+
 from .model import ReasonerConfig, TinyReasoner
 from .tasks import TaskBatch
-
-
-@contextmanager
-def torch_threads(n: int | None):
-    """Run with ``n`` torch threads (None: leave as is). A d=64 model is fastest on one thread, and
-    OpenMP threads that spin on a busy machine can make it many times slower."""
-    old = torch.get_num_threads()
-    if n is not None:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 def _tail(reasoner: TinyReasoner, batch: TaskBatch, k: int) -> torch.Tensor:
