@@ -52,10 +52,10 @@ _TEMPLATES = {
 
 def make_corpus(n_people: int, seed: int = 0):
     """Facts about ``n_people`` invented people: (train sentences, held-out sentences, facts)."""
-    from probes.datasets import _cities
+    from probes.datasets import city_rows
 
     rng = random.Random(seed)
-    cities = _cities()
+    cities = city_rows()
     first = sorted({a + b for a in _SYL for b in _SYL})
     last = sorted({a + b + c for a in _SYL[:12] for b in _SYL for c in ["n", "s", "r"]})
     people = set()

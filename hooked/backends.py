@@ -68,7 +68,7 @@ def attn_implementation(model: torch.nn.Module, impl: str | None):
         cfg._attn_implementation = old
 
 
-def _apply_fns(value: torch.Tensor, item: PlanItem, make_ctx: Callable, writable: bool = True,
+def apply_hook_fns(value: torch.Tensor, item: PlanItem, make_ctx: Callable, writable: bool = True,
                why_read_only: str = "") -> torch.Tensor:
     if not item.fns:
         return value
@@ -209,9 +209,9 @@ class TLBackend:
                     gate = get_module(self.plain_model, self.spec.mlp_path(item.site.layer, self.spec.router))
                     value = torch.nn.functional.linear(x, gate.weight, getattr(gate, "bias", None))
                     value = value.reshape(b, t, -1)
-                    _apply_fns(value, item, make_ctx, False, _ROUTER_READ_ONLY)
+                    apply_hook_fns(value, item, make_ctx, False, _ROUTER_READ_ONLY)
                 else:
-                    value = x = _apply_fns(x, item, make_ctx)
+                    value = x = apply_hook_fns(x, item, make_ctx)
                 if item.save:
                     saved[item.site.name] = value.detach().clone()  # HF may add to it in place later
                 # hook points may fire in another order than ours (pattern before z):
@@ -441,7 +441,7 @@ class NNSightBackend:
                 changed = {}
                 for item, ref in items:
                     value = self._read(raw, ref, b, t)
-                    new = _apply_fns(value, item, make_ctx, ref.writable,
+                    new = apply_hook_fns(value, item, make_ctx, ref.writable,
                                      _ROUTER_READ_ONLY if ref.view == "router" else
                                      "with the nnsight backend (its nnsight location is a read-only view); use "
                                      "backend='tl' to write it")

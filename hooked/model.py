@@ -13,7 +13,7 @@ from . import arch as A
 from . import positions as P
 from . import sites as S
 from .activations import ActivationSet, ShardWriter
-from .backends import BACKENDS, PlanItem, _apply_fns, attn_implementation, structural_copy
+from .backends import BACKENDS, PlanItem, apply_hook_fns, attn_implementation, structural_copy
 from .context import HookContext, HookFn, HookHandle
 
 
@@ -302,7 +302,7 @@ class HookedModel:
         if logits is not None and (logit_fns or "logits" in saves):
             # logits are the model's last output: hooks on them apply to the returned tensor
             # (after any soft-capping or scaling HF applies past the unembedding)
-            logits = _apply_fns(logits, PlanItem(S.Site("logits"), logit_fns, True), make_ctx)
+            logits = apply_hook_fns(logits, PlanItem(S.Site("logits"), logit_fns, True), make_ctx)
             if "logits" in saves:
                 saved["logits"] = logits.detach()
         return logits, saved

@@ -59,7 +59,8 @@ class ConceptDataset:
                               self.label_names, self.description, dict(self.meta))
 
 
-def _cities():
+def city_rows() -> list[tuple[str, str]]:
+    """(city, country) pairs of the shipped ``cities.csv`` (the factual dataset and the pretraining study use it)."""
     with open(DATA_DIR / "cities.csv", newline="") as f:
         return [(r["city"], r["country"]) for r in csv.DictReader(f)]
 
@@ -68,7 +69,7 @@ def factual(n=None, seed=0) -> ConceptDataset:
     """"The city of X is in Y." -- true (1) with the city's country from ``data/cities.csv``,
     false (0) with another country. Each city gives one true and one false statement (group = city)."""
     rng = random.Random(seed)
-    rows = _cities()
+    rows = city_rows()
     countries = sorted({c for _, c in rows})
     texts, labels, groups = [], [], []
     for city, country in rows:
