@@ -15,6 +15,7 @@ from . import sites as S
 from .activations import ActivationSet, ShardWriter
 from .backends import BACKENDS, PlanItem, apply_hook_fns, attn_implementation, structural_copy
 from .context import HookContext, HookFn, HookHandle
+from .verify import verify
 
 
 def _unwrap(module):
@@ -99,7 +100,7 @@ class HookedModel:
         cfg = plain.config
         self.max_length = max_length or getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
         self._hooks: dict[str, list[HookFn]] = {}
-        A.verify(self)
+        verify(self)
 
     # ------------------------------------------------------------------ basics
     @property
@@ -112,7 +113,6 @@ class HookedModel:
             return torch.device(dev if not isinstance(dev, int) else f"cuda:{dev}")
         return emb.weight.device
 
-    input_device = device
 
     @property
     def dtype(self) -> torch.dtype:
@@ -282,8 +282,8 @@ class HookedModel:
         def make_ctx(site: S.Site) -> HookContext:
             return HookContext(site.name, site.layer, mask, positions, prompt_lengths, step)
 
-        inputs = {"input_ids": input_ids.to(self.device), "attention_mask": mask.to(self.device),
-                  "position_ids": position_ids.to(self.device)}
+        dev = self.device  # resolved once: it walks to the embedding module
+        inputs = {"input_ids": input_ids.to(dev), "attention_mask": mask.to(dev), "position_ids": position_ids.to(dev)}
         if past_key_values is not None:
             inputs["past_key_values"] = past_key_values
             inputs["use_cache"] = True
@@ -294,8 +294,8 @@ class HookedModel:
             logits, saved = self.hf_model(**inputs).logits, {}
         else:
             # TL runs every forward through the bridge, hooks or not, so a hooked forward and a
-            # hook-free one compute the same way (TL's attention is its own, not SDPA)
-            # SDPA (the model's default) unless a pattern is asked for: only eager attention returns it
+            # hook-free one compute the same way. Attention: the model's own (SDPA by default)
+            # unless a pattern is asked for, which only eager attention returns
             eager = "eager" if any(p.site.kind == "attn.pattern" for p in plan) else None
             with attn_implementation(self._backend.runtime_model, eager):
                 logits, saved = self._backend.run(inputs, plan, make_ctx, stop_after)

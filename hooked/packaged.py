@@ -9,8 +9,8 @@ cache. Later loads read the cache in seconds.
 The cache lives in ``$POLICYLENS_CACHE`` (default ``~/.cache/policylens``). Each
 cached model carries ``policylens-cache.json`` with the sha256, size and mtime of its
 weights. A load checks size and mtime (no hashing of 0.5-1.6 GB each time); a changed
-mtime triggers one sha256 check, and ``ensure_cached(name, verify=True)`` (``policylens
-models --verify``) always hashes. A truncated or corrupted cache is rebuilt.
+mtime triggers one sha256 check, and ``ensure_cached(name, verify=True)`` always
+hashes. A truncated or corrupted cache is rebuilt.
 """
 
 from __future__ import annotations
