@@ -61,6 +61,8 @@ def as_stack(X) -> torch.Tensor:
     if X.shape[1] == 0:
         raise ValueError("The activation stack has no examples (N = 0): the dataset is empty.")
     X = X.float()
+    if torch.isfinite(X.sum()):  # a finite sum: every entry is finite (one read, no mask)
+        return X
     finite = torch.isfinite(X)
     if not bool(finite.all()):
         bad_layers = (~finite).flatten(1).any(1).nonzero().flatten().tolist()
@@ -91,12 +93,10 @@ def logistic_scores(X, labels, folds, C=1.0, tol=1e-4, max_iter=500):
     for f, (tr, _) in enumerate(folds):
         masks[f, tr] = True
     coef, intercept, _, _ = fit_logistic_folds(X, labels, masks, C=C, tol=tol, max_iter=max_iter)
-    out = []
-    for f, (_, te) in enumerate(folds):
-        Xte = X[:, torch.as_tensor(te)]                                   # [L, m, d]
-        s = torch.einsum("lmd,lkd->lkm", Xte.double(), coef[:, f].double())
-        out.append((s + intercept[:, f].double()[..., None]).numpy())
-    return out
+    L, F, K, d = coef.shape
+    # every fold's probes score every row in one pass; each fold keeps its test rows
+    scores = torch.bmm(coef.reshape(L, F * K, d), X.transpose(1, 2)).view(L, F, K, N) + intercept[..., None]
+    return [scores[:, f][..., torch.as_tensor(te)].double().numpy() for f, (_, te) in enumerate(folds)]
 
 
 def auroc_rows(scores: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -121,7 +121,7 @@ def mean_ci(values: np.ndarray, level=0.95):
 
 
 def cross_validate(X, y, groups=None, cv=5, method="logistic", control=True, seed=0, C=1.0,
-                   shrinkage=0.1, standardize=None, max_iter=500, tol=1e-4, threads=1,
+                   shrinkage=0.1, standardize=None, max_iter=500, tol=1e-4, threads=None,
                    control_labels=None):
     """Per-layer fold accuracies and AUROCs ``[L, cv]`` for the task (and the control task's, on
     the same folds).
@@ -130,7 +130,7 @@ def cross_validate(X, y, groups=None, cv=5, method="logistic", control=True, see
     task (:func:`probes.control.control_task`, from a word-type key per example).
 
     ``threads``: torch threads while the sweep runs (restored after; ``None`` keeps the current
-    setting). The batched solver is bandwidth-bound, so on a shared CPU one thread is the default.
+    setting, by default: every core torch uses, as a joblib loop over layers would).
     """
     with torch_threads(threads):
         return _cross_validate(X, y, groups, cv, method, control, seed, C, shrinkage, standardize,

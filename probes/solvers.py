@@ -22,10 +22,11 @@ How it is fast (30 layers x 5 folds x 2 label sets are 300 problems):
   folds and label sets of a layer are one GEMM over the shared activations, the gradients another;
 * L-BFGS starts from Boehning's bound on the logistic Hessian (Boehning & Lindsay 1988:
   ``H <= B = Z^T Z / (4n) + lambda I`` everywhere, and ``B`` is the Hessian at ``w = 0``) as its
-  initial inverse Hessian, so the first step is a Newton step. With N < d (real activations: a
-  few hundred prompts, d_model dimensions) the bound is each fold's own, applied by Woodbury
-  through one N x N inverse per layer; a bound shared by the folds would push every step into
-  directions only the held-out rows span, which the penalty then removes only slowly;
+  initial inverse Hessian, so the first step is a Newton step. With few rows (N well below d:
+  a hundred prompts, d_model dimensions) the bound is each fold's own, applied by Woodbury
+  through one N x N inverse per layer (a bound shared by the folds would push steps into
+  directions only the held-out rows span, which the penalty removes only slowly); otherwise one
+  dense d x d bound per layer, whichever application reads fewer bytes;
 * the line search re-weights precomputed scores along the step (no pass over the data), the
   bound is applied once per iteration, and converged layers leave the batch.
 """
@@ -87,7 +88,7 @@ def _fold_stats(Xc, M, n):
     return mu, torch.where(sd < 1e-6 * (1 + mu.abs()), torch.ones_like(sd), sd)
 
 
-def _boehning_woodbury(Xc, XcT, sd_all, train, F, K, C):
+def _boehning_woodbury(Xc, sd_all, train, F, K, C):
     """``g -> B_f^-1 g`` for every column, with Boehning's bound of the column's own training rows,
     ``B_f = Xs_T^T Xs_T / (4n) + I/(C n)`` (``Xs``: the layer standardised once), by Woodbury::
 
@@ -109,34 +110,44 @@ def _boehning_woodbury(Xc, XcT, sd_all, train, F, K, C):
     ok = torch.zeros(F, m, dtype=torch.bool)
     for f, t in enumerate(test):
         idx[f, :len(t)], ok[f, :len(t)] = t, True
-    cols_e = Ainv[:, :, idx].permute(0, 2, 3, 1) * ok[None, :, :, None]            # [L, F, m, N]
+    cols_e = (Ainv[:, :, idx].permute(0, 2, 3, 1) * ok[None, :, :, None]).contiguous()  # [L, F, m, N]
     ee = torch.gather(cols_e, 3, idx[None, :, None, :].expand(L, F, m, m))
     ee = ee * (ok[:, :, None] & ok[:, None, :])[None] + torch.diag_embed((~ok).double())[None]
-    W = torch.linalg.inv(ee).float()                                                 # [L, F, m, m]
     rows = train.float().repeat_interleave(K, 0)                                     # [F*K, N]
-    scale = (rows.sum(1) * C)[:, None]                                              # n C per column
     gidx = idx[None, :, None, :]
-    st = {"Ai": Ainv.float(), "W": W, "Ce": cols_e.float(), "X": Xc, "XT": XcT, "sa": sd_all}
+    # the fold restriction subtracts nearly equal terms: it stays in fp64 (in fp32 the bound's
+    # output loses its sign in the top directions and L-BFGS stalls)
+    st = {"Ai": Ainv, "W": torch.linalg.inv(ee), "Ce": cols_e, "X": Xc, "sa": sd_all}
+    scale = (rows.sum(1) * C)[:, None]                                              # n C per column
 
     def apply(g):
         nl = g.shape[0]
-        t = torch.bmm(g / st["sa"], st["XT"]) * rows                              # Xs_T g  [nl, FK, N]
+        t = (torch.bmm(g / st["sa"], st["X"].transpose(1, 2)) * rows).double()    # Xs_T g  [nl, FK, N]
         phi = torch.bmm(t, st["Ai"]).view(nl, F, K, N)
         corr = torch.matmul(torch.matmul(torch.gather(phi, 3, gidx.expand(nl, F, K, m)), st["W"]), st["Ce"])
-        t = (phi - corr).view(nl, F * K, N) * rows                                # A_TT^-1 Xs_T g
+        t = ((phi - corr).view(nl, F * K, N) * rows).float()                      # A_TT^-1 Xs_T g
         return scale * (g - torch.bmm(t, st["X"]) / st["sa"])
     apply.state = st
     return apply
 
 
+def _spd_inverse(B):
+    """Inverse of a batch of SPD matrices through Cholesky in the input's precision (fp32: a
+    preconditioner needs no more), falling back to fp64 where a factorisation fails."""
+    chol, info = torch.linalg.cholesky_ex(B)
+    if bool(info.any()):
+        return torch.cholesky_inverse(torch.linalg.cholesky(B.double())).to(B.dtype)
+    return torch.cholesky_inverse(chol)
+
+
 def _boehning_dense(Xc, sd_all, lam_mean):
-    """``g -> B^-1 g`` with one bound per layer from all rows (used when N >= d, where every fold's
-    bound is close to the layer's): ``B = Xs^T Xs / (4N) + lam I``."""
+    """``g -> B^-1 g`` with one bound per layer from all rows (used unless N is well below d; every
+    fold's bound is then close to the layer's): ``B = Xs^T Xs / (4N) + lam I``."""
     L, N, d = Xc.shape
-    Xs = Xc / sd_all
-    B = (Xs.transpose(1, 2) @ Xs).double() / (4 * N) + lam_mean * torch.eye(d, dtype=torch.float64)
-    del Xs
-    st = {"Binv": torch.cholesky_inverse(torch.linalg.cholesky(B)).float()}
+    inv_sd = 1.0 / sd_all.transpose(1, 2)                                            # [L, d, 1]
+    B = torch.bmm(Xc.transpose(1, 2), Xc) * (inv_sd * inv_sd.transpose(1, 2) / (4 * N))
+    B.diagonal(dim1=1, dim2=2).add_(lam_mean)
+    st = {"Binv": _spd_inverse(B)}
 
     def apply(g):
         return torch.bmm(g, st["Binv"])
@@ -145,7 +156,7 @@ def _boehning_dense(Xc, sd_all, lam_mean):
 
 
 def fit_logistic_folds(X: torch.Tensor, labels: np.ndarray, train_masks: np.ndarray, C: float = 1.0,
-                       tol: float = 1e-4, max_iter: int = 500, memory: int = 10):
+                       tol: float = 1e-4, max_iter: int = 500, memory: int = 10, bound: str = "auto"):
     """L2 logistic regression for every (layer, fold, label set) at once.
 
     ``X [L, N, d]`` activations; ``labels [K, N]`` binary label sets (the task and, e.g., a
@@ -157,7 +168,8 @@ def fit_logistic_folds(X: torch.Tensor, labels: np.ndarray, train_masks: np.ndar
 
     L-BFGS (memory ``memory``) runs in each fold's standardised coordinates with the inverse
     Boehning bound as initial inverse Hessian (Woodbury form over the fold's training rows when
-    N < d, one dense bound per layer otherwise). Per iteration every column costs three passes
+    N is well below d, one dense bound per layer otherwise; ``bound="woodbury"`` or ``"dense"``
+    forces one). Per iteration every column costs three passes
     over the activations -- the step's scores (the Armijo line search then only re-weights
     them, no pass), the gradient, and the bound applied to the new gradient (``H0 y`` of stored
     pairs is the difference of those, so the two-loop recursion applies no bound) -- and layers
@@ -173,7 +185,6 @@ def fit_logistic_folds(X: torch.Tensor, labels: np.ndarray, train_masks: np.ndar
     lam = 1.0 / (C * n)
     centre = X.mean(1, keepdim=True)
     Xc = X - centre                                       # global centring: stable fp32 moments
-    XcT = Xc.transpose(1, 2).contiguous()      # both layouts: each pass reads memory in order
     mu, sd = _fold_stats(Xc, M, n)
     sd_all = Xc.pow(2).mean(1, keepdim=True).sqrt()
     sd_all = torch.where(sd_all < 1e-6, torch.ones_like(sd_all), sd_all)
@@ -184,107 +195,113 @@ def fit_logistic_folds(X: torch.Tensor, labels: np.ndarray, train_masks: np.ndar
     lamc = lam.repeat_interleave(K)
     mu_c = mu.repeat_interleave(K, 1)                     # [L, cols, d]
     sd_c = sd.repeat_interleave(K, 1)
-    if N < d:
-        precond = _boehning_woodbury(Xc, XcT, sd_all, train, F, K, C)
+    # bytes each application of the bound reads: Woodbury (two passes over the layer, the fp64
+    # restriction) against the dense d x d inverse; the cheaper one is used (similar iterations)
+    if bound not in ("auto", "woodbury", "dense"):
+        raise ValueError(f"bound={bound!r}: use 'auto', 'woodbury' (per-fold bound, for N well below d) or 'dense'.")
+    if bound == "woodbury" or (bound == "auto" and 8 * N * d + 16 * N * N < 4 * d * d):
+        precond = _boehning_woodbury(Xc, sd_all, train, F, K, C)
     else:
         precond = _boehning_dense(Xc, sd_all, float(lam.mean()))
 
-    data = {"X": Xc, "XT": XcT, "mu": mu_c, "sd": sd_c}    # compacted as layers converge
+    data = {"X": Xc, "mu": mu_c, "sd": sd_c}               # compacted as layers converge
+    cmn = cm / ncol[:, None]                              # training rows, weighted 1/n
+    vecdot = torch.linalg.vecdot
 
-    def scores(wd, b):      # fold-standardised weights -> scores of all rows [nl, cols, N]
-        u = wd / data["sd"]
-        return torch.bmm(u, data["XT"]) + (b - (u * data["mu"]).sum(-1))[..., None]
+    # v = [w, b] in the fold's standardised coordinates: one tensor [nl, cols, d + 1]
+    def scores(v):          # scores of all rows [nl, cols, N]
+        u = v[..., :d] / data["sd"]
+        return torch.baddbmm((v[..., d] - vecdot(u, data["mu"]))[..., None], u, data["X"].transpose(1, 2))
 
-    def gradient(s, w):
-        r = (torch.sigmoid(s) - cy) * cm / ncol[:, None]
-        gb = r.sum(-1)
-        return (torch.bmm(r, data["X"]) - gb[..., None] * data["mu"]) / data["sd"] + lamc[:, None] * w, gb
+    def gradient(s, v):
+        r = (torch.sigmoid(s) - cy) * cmn
+        gb = r.sum(-1, keepdim=True)
+        gw = torch.addcmul(torch.baddbmm(-gb * data["mu"], r, data["X"]) / data["sd"], lamc[:, None], v[..., :d])
+        return torch.cat([gw, gb], -1)
+
+    def h0(g):              # initial inverse Hessian: the bound for w, Boehning's 1/4 for b
+        return torch.cat([precond(g[..., :d]), 4.0 * g[..., d:]], -1)
 
     def loss_of(s, wsq):
         return ((torch.nn.functional.softplus(s) - cy * s) * cm).sum(-1) / ncol + 0.5 * lamc * wsq
 
-    def gnorm(gw, gb):
-        return torch.maximum(gw.abs().amax(-1), gb.abs())
-
-    out_w = torch.zeros(L, cols, d)
-    out_b = torch.zeros(L, cols)
+    out_v = torch.zeros(L, cols, d + 1)
     out_conv = torch.zeros(L, cols, dtype=torch.bool)
     n_iter = torch.zeros(L, cols, dtype=torch.long)
     i = torch.arange(L)                                   # layers still in the batch
-    w, b, s = torch.zeros(L, cols, d), torch.zeros(L, cols), torch.zeros(L, cols, N)
+    v, s = torch.zeros(L, cols, d + 1), torch.zeros(L, cols, N)
     loss = loss_of(s, torch.zeros(L, cols))
-    gw, gb = gradient(s, w)
-    hw, hb = precond(gw), 4.0 * gb                     # H0 g (intercept: Boehning's 1/4)
-    mem = []                                              # (s_w, s_b, y_w, y_b, Hy_w, Hy_b, rho)
-    done = gnorm(gw, gb) <= tol
+    g = gradient(s, v)
+    hg = h0(g)
+    mem = []                                              # (s_k, y_k, H0 y_k, rho_k)
+    done = g.abs().amax(-1) <= tol
     for _ in range(max_iter):
         finished = done.all(1)
         n_fin = int(finished.sum())
         if n_fin and (n_fin == len(i) or n_fin >= 0.2 * len(i)):   # converged layers leave the batch
-            out_w[i[finished]], out_b[i[finished]] = w[finished], b[finished]
-            out_conv[i[finished]] = (gnorm(gw, gb) <= tol)[finished]
+            out_v[i[finished]] = v[finished]
+            out_conv[i[finished]] = (g.abs().amax(-1) <= tol)[finished]
             keep = ~finished
-            if not bool(keep.any()):
-                i = i[keep]
-                break
             i = i[keep]
-            w, b, s, loss, gw, gb, hw, hb, done = (t[keep] for t in (w, b, s, loss, gw, gb, hw, hb, done))
+            if not len(i):
+                break
+            v, s, loss, g, hg, done = (t[keep] for t in (v, s, loss, g, hg, done))
             mem = [tuple(t[keep] for t in pair) for pair in mem]
             for st in (data, precond.state):
-                for k, v in st.items():
-                    if v.shape[0] == len(keep):
-                        st[k] = v[keep]
+                for k, val in st.items():
+                    if val.shape[0] == len(keep):
+                        st[k] = val[keep]
         # two-loop recursion; H0 q = H0 g - sum alpha H0 y needs no further pass
-        qw, qb, rw, rb = gw, gb, hw, hb
+        q, r = g, hg
         alphas = []
-        for s_w, s_b, y_w, y_b, h_w, h_b, rho in reversed(mem):
-            al = rho * ((s_w * qw).sum(-1) + s_b * qb)
-            qw, qb = qw - al[..., None] * y_w, qb - al * y_b
-            rw, rb = rw - al[..., None] * h_w, rb - al * h_b
+        for s_k, y_k, h_k, rho in reversed(mem):
+            al = (rho * vecdot(s_k, q))[..., None]
+            q, r = torch.addcmul(q, al, y_k, value=-1.0), torch.addcmul(r, al, h_k, value=-1.0)
             alphas.append(al)
         if mem:
-            s_w, s_b, y_w, y_b, h_w, h_b, rho = mem[-1]
-            yhy = (y_w * h_w).sum(-1) + y_b * h_b
+            s_k, y_k, h_k, rho = mem[-1]
+            yhy = vecdot(y_k, h_k)
             scale = torch.where((yhy > 0) & (rho > 0), 1.0 / (rho * yhy).clamp_min(1e-30), torch.ones_like(yhy))
-            rw, rb = rw * scale[..., None], rb * scale
-        for (s_w, s_b, y_w, y_b, h_w, h_b, rho), al in zip(mem, reversed(alphas)):
-            c = al - rho * ((y_w * rw).sum(-1) + y_b * rb)
-            rw, rb = rw + c[..., None] * s_w, rb + c * s_b
-        pw, pb = -rw, -rb
-        slope = (gw * pw).sum(-1) + gb * pb
+            r = r * scale[..., None]
+        for (s_k, y_k, h_k, rho), al in zip(mem, reversed(alphas)):
+            r = torch.addcmul(r, al - (rho * vecdot(y_k, r))[..., None], s_k)
+        p = -r
+        slope = vecdot(g, p)
         bad = slope >= 0                                  # not a descent direction: -H0 g
         if bool(bad.any()):
-            pw, pb = torch.where(bad[..., None], -hw, pw), torch.where(bad, -hb, pb)
-            slope = (gw * pw).sum(-1) + gb * pb
+            p = torch.where(bad[..., None], -hg, p)
+            slope = vecdot(g, p)
         act = ~done
-        pw, pb = pw * act[..., None], pb * act
-        sp = scores(pw, pb)                           # scores along the step: one pass
-        ww, wp, pp = (w * w).sum(-1), (w * pw).sum(-1), (pw * pw).sum(-1)
+        p = p * act[..., None]
+        sp = scores(p)                                    # scores along the step: one pass
+        w, pw = v[..., :d], p[..., :d]
+        ww, wp, pp = vecdot(w, w), vecdot(w, pw), vecdot(pw, pw)
         t = torch.ones_like(loss)
         for _ in range(30):                               # backtracking (Armijo), no pass
-            l_new = loss_of(s + t[..., None] * sp, ww + 2 * t * wp + t * t * pp)
+            l_new = loss_of(torch.addcmul(s, t[..., None], sp), ww + 2 * t * wp + t * t * pp)
             ok = (l_new <= loss + 1e-4 * t * slope) | done
             if bool(ok.all()):
                 break
             t = torch.where(ok, t, 0.5 * t)
         stalled = ~ok        # no decrease even for tiny steps: fp32 precision reached; stop there
-        t = torch.where(stalled, torch.zeros_like(t), t)
-        w, b, s = w + t[..., None] * pw, b + t * pb, s + t[..., None] * sp
+        t = torch.where(stalled, torch.zeros_like(t), t)[..., None]
+        s_k = t * p
+        v, s = v + s_k, torch.addcmul(s, t, sp)
         loss = torch.where(stalled, loss, l_new)
-        gw_n, gb_n = gradient(s, w)
-        hw_n, hb_n = precond(gw_n), 4.0 * gb_n
-        y_w, y_b = gw_n - gw, gb_n - gb
-        s_w, s_b = t[..., None] * pw, t * pb
-        sy = (s_w * y_w).sum(-1) + s_b * y_b
+        g_n = gradient(s, v)
+        hg_n = h0(g_n)
+        y_k = g_n - g
+        sy = vecdot(s_k, y_k)
         rho = torch.where((sy > 1e-12) & act & ~stalled, 1.0 / sy.clamp_min(1e-30), torch.zeros_like(sy))
-        mem.append((s_w, s_b, y_w, y_b, hw_n - hw, hb_n - hb, rho))
+        mem.append((s_k, y_k, hg_n - hg, rho))
         if len(mem) > memory:
             mem.pop(0)
-        gw, gb, hw, hb = gw_n, gb_n, hw_n, hb_n
+        g, hg = g_n, hg_n
         n_iter[i] += (act & ~stalled).long()
-        done = done | (gnorm(gw, gb) <= tol) | stalled
+        done = done | (g.abs().amax(-1) <= tol) | stalled
     if len(i):
-        out_w[i], out_b[i], out_conv[i] = w, b, gnorm(gw, gb) <= tol
+        out_v[i], out_conv[i] = v, g.abs().amax(-1) <= tol
+    out_w, out_b = out_v[..., :d], out_v[..., d]
     u = out_w / sd_c
     intercept = out_b - (u * mu_c).sum(-1) - (u * centre).sum(-1)   # back to uncentred raw space
     return (u.reshape(L, F, K, d), intercept.reshape(L, F, K), n_iter.reshape(L, F, K),

@@ -40,14 +40,15 @@ def test_accuracy_equals_converged_sklearn_loop_per_layer():
         assert np.abs(res.acc_mean - ref.mean(1)).max() <= 0.005, (seed, C, res.acc_mean, ref.mean(1))
 
 
-@pytest.mark.parametrize("n,d", [(120, 10), (50, 80)])  # n > d: dense bound; n < d: Woodbury bound
-def test_logistic_solution_matches_sklearn_coefficients(n, d):
+@pytest.mark.parametrize("n,d,bound", [(120, 10, "auto"), (50, 80, "woodbury"), (50, 80, "dense"),
+                                       (40, 200, "auto")])  # auto: dense for n > d, Woodbury for n << d
+def test_logistic_solution_matches_sklearn_coefficients(n, d, bound):
     X, y = residual_like(L=2, n=n, d=d, seed=3)
     folds = make_folds(y, None, 4, seed=0)
     masks = np.zeros((4, len(y)), bool)
     for f, (tr, _) in enumerate(folds):
         masks[f, tr] = True
-    coef, intercept, n_iter, converged = fit_logistic_folds(X, y[None], masks, C=0.5, tol=1e-4)
+    coef, intercept, n_iter, converged = fit_logistic_folds(X, y[None], masks, C=0.5, tol=1e-4, bound=bound)
     assert bool(converged.all())
     for layer in range(2):
         for f, (tr, _) in enumerate(folds):
@@ -58,6 +59,12 @@ def test_logistic_solution_matches_sklearn_coefficients(n, d):
             np.testing.assert_allclose(coef[layer, f, 0].numpy(), raw, rtol=5e-3, atol=5e-3)
             b = lr.intercept_[0] - raw @ sc.mean_
             assert abs(float(intercept[layer, f, 0]) - b) < 5e-3 * (1 + abs(b))
+
+
+def test_unknown_bound_is_an_error():
+    X, y = residual_like(L=1)
+    with pytest.raises(ValueError, match="woodbury"):
+        fit_logistic_folds(X, y[None], np.ones((1, len(y)), bool), bound="exact")
 
 
 def test_control_labels_are_fitted_alongside_the_task():
