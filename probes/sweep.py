@@ -279,19 +279,25 @@ class PositionSweep:
 
 
 def position_sweep_from_stacks(stacks, y, groups=None, *, positions, sites=None, cv=5,
-                               method="logistic", seed=0, **kw) -> PositionSweep:
+                               method="logistic", seed=0, C=1.0, shrinkage=0.1,
+                               standardize=None) -> PositionSweep:
     """The array-level engine of :func:`position_sweep`: ``stacks`` is a list (one per position)
-    of precomputed ``[L, N, d]`` activation stacks, each swept by :func:`sweep_activations`."""
+    of precomputed ``[L, N, d]`` activation stacks. All (position, layer) probes are fitted in one
+    cross-validation over the stacks concatenated along the layer axis (the same folds for every
+    position; the logistic probes in one batched solver run, :mod:`probes.solvers`)."""
     if len(stacks) != len(positions):
         raise ValueError(f"{len(stacks)} activation stacks for {len(positions)} positions.")
-    cols = [sweep_activations(X, y, groups, cv=cv, method=method, control=False, seed=seed, **kw)
-            for X in stacks]
-    L = cols[0].acc_mean.shape[0]
+    Xs = [as_stack(X) for X in stacks]
+    if any(X.shape != Xs[0].shape for X in Xs):
+        raise ValueError(f"Every position's stack must have the same [L, N, d] shape; got "
+                         f"{[tuple(X.shape) for X in Xs]}.")
+    P, L = len(Xs), Xs[0].shape[0]
+    runs, _, _ = cross_validate(torch.cat(Xs), y, groups, cv, method, False, seed, C, shrinkage,
+                                standardize)
+    acc, auc = (np.clip(mean_ci(a)[0], 0.0, 1.0).reshape(P, L).T for a in runs["task"])
     return PositionSweep(sites=list(sites) if sites else [f"layer.{i}" for i in range(L)],
-                         positions=list(positions),
-                         acc_mean=np.stack([c.acc_mean for c in cols], 1),
-                         auroc_mean=np.stack([c.auroc_mean for c in cols], 1),
-                         params=dict(cv=cv, method=method, seed=seed))
+                         positions=list(positions), acc_mean=acc, auroc_mean=auc,
+                         params=dict(cv=cv, method=method, seed=seed, C=C, shrinkage=shrinkage))
 
 
 def position_sweep(model, dataset, sites="resid_post.*", positions=None, cv=5, method="mass_mean",
@@ -326,7 +332,7 @@ def position_sweep(model, dataset, sites="resid_post.*", positions=None, cv=5, m
     stacks = [full[:, torch.as_tensor([row_of[(i, int(length[i]) + p)] for i in range(n)])]
               for p in offsets]
     res = position_sweep_from_stacks(stacks, ds.labels, ds.groups, positions=offsets, sites=concrete,
-                                     cv=cv, method=method, seed=seed, n_layers=model.n_layers, **kw)
+                                     cv=cv, method=method, seed=seed, **kw)
     res.params.update(dataset=ds.name, model=getattr(model, "name", None))
     return res
 

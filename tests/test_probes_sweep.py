@@ -195,6 +195,16 @@ def test_position_sweep_core():
     assert res.best()[1] == -2
 
 
+def test_position_sweep_in_one_run_equals_one_sweep_per_position():
+    X, y = layered(L=3, n=80)
+    stacks = [X, X[:, torch.randperm(80, generator=torch.Generator().manual_seed(0))]]
+    res = probes.position_sweep_from_stacks(stacks, y, positions=[-2, -1], cv=4, method="logistic")
+    for p, S in enumerate(stacks):
+        one = sweep_activations(S, y, cv=4, method="logistic", control=False)
+        np.testing.assert_allclose(res.acc_mean[:, p], one.acc_mean, atol=1e-12)
+        np.testing.assert_allclose(res.auroc_mean[:, p], one.auroc_mean, atol=1e-6)
+
+
 def test_renamed_names_still_resolve_with_a_deprecation_warning():
     with pytest.warns(DeprecationWarning, match="LayerSweep"):
         assert probes.SweepResult is probes.LayerSweep
