@@ -23,6 +23,8 @@ from .introspection_data import BASELINE_WORDS, CONCEPTS, HARMFUL, HARMLESS
 PROFILES = {
     # layer fractions and strengths are subsets of the reference's sweeps (0.4-0.8 of depth; 1, 2, 4, 8)
     "quick": dict(n_concepts=6, n_baseline=20, fractions=(0.5, 0.7), strengths=(2.0, 8.0), n_trials=4, n_control=16),
+    # the quick demo's smoke grid (policylens demo --quick): one layer, one strength, 8 baseline words
+    "demo_quick": dict(n_concepts=3, n_baseline=8, fractions=(0.66,), strengths=(8.0,), n_trials=2, n_control=2),
     "full": dict(n_concepts=12, n_baseline=40, fractions=(0.4, 0.5, 0.6, 0.7, 0.8), strengths=(1.0, 2.0, 4.0, 8.0), n_trials=6, n_control=24),
 }
 REFUSAL_FRACTION = 0.5  # depth at which the refusal-like direction is read (fixed in advance, not searched)
@@ -62,14 +64,17 @@ def run_study(base, policy=None, profile: str = "quick", ablate_refusal: bool = 
     n_control = max(n_trials, n_control or cfg["n_control"])
     common = dict(concepts=concepts, layers=layers, strengths=strengths, baseline_words=baseline, n_trials=n_trials,
                   n_control=n_control, progress=progress)
-    results = {"base": I.run_grid(base, condition="base", **common)}
+    # the ablated condition injects the same base vectors (extracted without the ablation): extract them once
+    base_vectors = I.concept_vectors(base, concepts, layers, baseline)
+    results = {"base": I.run_grid(base, condition="base", vectors=base_vectors, **common)}
     settings = {"profile": profile, "layers": layers, "strengths": strengths, "n_trials": n_trials, "n_control": n_control,
                 "concepts": concepts, "n_baseline": len(baseline), "prefill": I.PREFILL}
     if ablate_refusal:
         rl = int(round(REFUSAL_FRACTION * (base.n_layers - 1)))
         r = I.refusal_direction(base, rl, HARMFUL, HARMLESS)
         settings.update(refusal_layer=rl, refusal_norm=float(r.norm()), n_refusal_pairs=len(HARMFUL))
-        results["base, refusal ablated"] = I.run_grid(base, condition="base, refusal ablated", ablate=r, **common)
+        results["base, refusal ablated"] = I.run_grid(base, condition="base, refusal ablated", ablate=r,
+                                                      vectors=base_vectors, **common)
     if policy is not None:
         settings["policy"] = policy.name
         results["DPO policy"] = I.run_grid(policy, condition="DPO policy", **common)
@@ -164,16 +169,17 @@ def write_report(study: IntrospectionStudy, out_dir, prefix: str = "") -> str:
 
 
 def demo_section(model, out_dir, quick: bool = True, policy=None, model_spec: str | None = None,
-                 progress: bool = True, **sizes) -> tuple[dict, str]:
+                 progress: bool = True, profile: str | None = None, **sizes) -> tuple[dict, str]:
     """``(numbers, markdown)`` for ``policylens demo``. ``policy``: a loaded DPO policy; if ``None`` and
     ``model_spec`` names the base, a cached DPO policy (:func:`analyses.cached_policy.cached_policy`) is used.
-    ``sizes``: :func:`run_study`'s concepts / layers / strengths / n_trials / n_control, overriding the profile."""
+    ``profile`` (default "quick" / "full" by ``quick``) and ``sizes`` (:func:`run_study`'s concepts / layers /
+    strengths / n_trials / n_control, overriding the profile) set the grid."""
     import hooked
 
     from .cached_policy import cached_policy
 
     if policy is None and model_spec is not None:
         policy = hooked.load_model(str(cached_policy(model_spec, steps=4 if quick else 12, progress=progress)))
-    study = run_study(model, policy, profile="quick" if quick else "full", progress=progress, **sizes)
+    study = run_study(model, policy, profile=profile or ("quick" if quick else "full"), progress=progress, **sizes)
     text = write_report(study, Path(out_dir) / "introspection", prefix="introspection/")
     return study.to_dict(), text

@@ -221,15 +221,17 @@ def asa_attack(model, responses: Responses, layer: int, delta: torch.Tensor, max
 def sensitivity_profile(model, prompts, layers: Sequence[int] | None = None, norms: Sequence[float] = (0.5,),
                         directions: Sequence[str] = DIRECTIONS, n_random: int = 3, max_new_tokens: int = 16,
                         seed: int = 0, asa: bool = True, batch_size: int = 8, threads: int | None = 1,
-                        progress: bool = False) -> SensitivityProfile:
+                        progress: bool = False, probe_n: int = 160) -> SensitivityProfile:
     """The NLL probe at each layer along ``directions`` at relative ``norms`` and with the ASA perturbation,
-    then the ASA generations (``asa=True``). ``threads``: torch threads while it runs (restored after)."""
+    then the ASA generations (``asa=True``). ``threads``: torch threads while it runs (restored after);
+    ``probe_n``: true/false statements the ``probe`` direction is fitted on (:func:`layer_directions`)."""
     with torch_threads(threads):
         return _profile(model, prompts, layers, norms, directions, n_random, max_new_tokens, seed, asa, batch_size,
-                        progress)
+                        progress, probe_n)
 
 
-def _profile(model, prompts, layers, norms, directions, n_random, max_new_tokens, seed, asa, batch_size, progress):
+def _profile(model, prompts, layers, norms, directions, n_random, max_new_tokens, seed, asa, batch_size, progress,
+             probe_n):
     from scipy.stats import spearmanr
     from tqdm.auto import tqdm
 
@@ -253,7 +255,7 @@ def _profile(model, prompts, layers, norms, directions, n_random, max_new_tokens
     base = response_nll(model, resp, batch_size=batch_size)
     H = last_prompt_acts(model, resp, layers)  # [L, N, d]
     hnorm = H.norm(dim=-1, keepdim=True)  # [L, N, 1]
-    fixed = layer_directions(model, layers, [d for d in directions if d != "random"], seed=seed)
+    fixed = layer_directions(model, layers, [d for d in directions if d != "random"], probe_n=probe_n, seed=seed)
     d_model = H.shape[-1]
     delta_nll = {d: {str(x): [] for x in norms} for d in directions}
     asa_nll, lasr, changed_any, examples = [], [], torch.zeros(len(prompts), dtype=torch.bool), {}
@@ -296,7 +298,7 @@ def _profile(model, prompts, layers, norms, directions, n_random, max_new_tokens
         model=str(getattr(model, "name", "model")), layers=layers, norms=norms, n_prompts=len(prompts),
         base_nll=base.tolist(), delta_nll=delta_nll, asa_delta_nll=asa_nll, asa=asa_info, n_random=n_random,
         seconds=round(time.time() - t0, 1),
-        extra={"max_new_tokens": max_new_tokens, "mean_response_tokens": sum(map(len, resp.response_ids)) / len(prompts),
+        extra={"max_new_tokens": max_new_tokens, "probe_n": probe_n, "mean_response_tokens": sum(map(len, resp.response_ids)) / len(prompts),
                "relative_asa_norm": (torch.stack([asa_normalize(torch.randn(len(prompts), d_model,
                                      generator=torch.Generator().manual_seed(seed)), H[i]) for i in range(len(layers))])
                                      .norm(dim=-1) / hnorm.squeeze(-1)).mean(1).tolist()},
@@ -412,17 +414,18 @@ def default_prompts(model, n: int, chat: bool = True) -> list[str]:
 
 
 def demo_section(model, out_dir, quick: bool = True, policy=None, prompts=None, chat: bool = True,
-                 layers=None) -> tuple[dict, str]:
+                 layers=None, **sizes) -> tuple[dict, str]:
     """``(numbers, markdown)`` for the demo: the profile of ``model`` and, when ``policy`` (a HookedModel or a
     saved DPO policy dir) is given, of the policy, with their per-layer difference. Prompts default to
-    :func:`default_prompts`."""
+    :func:`default_prompts`. ``sizes``: :func:`sensitivity_profile` keywords (``n_random``, ``max_new_tokens``,
+    ``threads``, ...) overriding :data:`QUICK` / the defaults."""
     import hooked
 
     prompts = list(prompts) if prompts is not None else default_prompts(model, 6 if quick else 16, chat)
     if layers is None:
         step = 3 if quick else 1
         layers = sorted(set(range(0, model.n_layers, step)) | {model.n_layers - 1})
-    kw = dict(QUICK) if quick else {}
+    kw = {**(QUICK if quick else {}), **sizes}
     profiles = {"base": sensitivity_profile(model, prompts, layers=layers, **kw)}
     if policy is not None:
         pol = policy if not isinstance(policy, (str, Path)) else hooked.load_model(str(policy))

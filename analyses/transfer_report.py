@@ -99,20 +99,31 @@ QUICK = dict(n_align=160, ranks=(1, 4, 16, 64, None), n_sweep=(20, 60), n_repeat
              multipliers=(-4.0, 0.0, 4.0))
 
 
-def demo_section(model, out_dir, quick: bool = True, target=None, policy=None, **sizes) -> tuple[dict, str]:
-    """``(numbers, markdown)`` for the demo: ``model`` -> ``target`` (default the packaged Gemma 3 270M),
-    and ``model`` -> ``policy`` (its DPO policy: a HookedModel or a saved dir) when one is given.
+def demo_section(model, out_dir, quick: bool = True, target=None, policy=None,
+                 pairs=None, **sizes) -> tuple[dict, str]:
+    """``(numbers, markdown)`` for the demo: ``model`` -> ``target`` (``"cross_model"``; default target the
+    packaged Gemma 3 270M), and ``model`` -> ``policy`` (``"to_policy"``: its DPO policy, a HookedModel or a
+    saved dir) when one is given. ``pairs`` (default: both, the second only with a policy) chooses which run;
+    ``"to_policy"`` needs ``policy``.
     ``sizes``: :func:`run_transfer` keywords overriding :data:`QUICK` / the defaults."""
     import hooked
 
+    if pairs is None:
+        pairs = ("cross_model",) + (("to_policy",) if policy is not None else ())
+    unknown = sorted(set(pairs) - {"cross_model", "to_policy"})
+    if unknown or not pairs:
+        raise ValueError(f"pairs {list(pairs)}: choose from 'cross_model' and 'to_policy' (at least one).")
     out = Path(out_dir)
     kw = {**(QUICK if quick else {}), **sizes}
-    target = target if target is not None else hooked.load_model("gemma-3-270m")
-    numbers, text = {}, []
-    pairs = [("cross_model", target)]
-    if policy is not None:
-        pairs.append(("to_policy", policy if not isinstance(policy, (str, Path)) else hooked.load_model(str(policy))))
-    for name, tgt in pairs:
+    runs, numbers, text = [], {}, []
+    if "cross_model" in pairs:
+        runs.append(("cross_model", target if target is not None else hooked.load_model("gemma-3-270m")))
+    if "to_policy" in pairs:
+        if policy is None:
+            raise ValueError("pairs include 'to_policy' but no policy was given; pass policy= (a DPO policy) or "
+                             "pairs=('cross_model',).")
+        runs.append(("to_policy", policy if not isinstance(policy, (str, Path)) else hooked.load_model(str(policy))))
+    for name, tgt in runs:
         res = run_transfer(model, tgt, **kw)
         save_transfer(res, out, f"transfer_{name}")
         numbers[name] = res.to_dict()

@@ -117,6 +117,19 @@ def test_auroc_one_class_is_nan_and_ci_groups():
     assert R.auroc_ci(s, y, np.array([0, 0, 1, 1]), n_boot=200) == (1.0, 1.0)
 
 
+def test_auroc_matches_sklearn_with_ties_and_nan():
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(0)
+    s = rng.integers(0, 5, 60).astype(float)  # many ties
+    y = rng.random(60) < 0.4
+    assert R.auroc(s, y) == pytest.approx(roc_auc_score(y, s), abs=1e-12)
+    s[[3, 7]] = np.nan  # non-finite scores are left out
+    ok = np.isfinite(s)
+    assert R.auroc(s, y) == pytest.approx(roc_auc_score(y[ok], s[ok]), abs=1e-12)
+    assert R.auroc(np.array([1.0, 1.0, 2.0]), np.array([True, False, True])) == pytest.approx(0.75)
+
+
 def test_collect_on_tiny_model(tmp_path):
     m = hooked.tiny_model("llama", seed=0)
     probs = T.arithmetic_problems(3)

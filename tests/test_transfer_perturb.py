@@ -300,6 +300,10 @@ def test_demo_sections_return_numbers_and_markdown(pair, tiny, tmp_path):
     numbers, md = TRR.demo_section(src, tmp_path / "t", quick=True, target=tgt)
     assert set(numbers) == {"cross_model"} and "![transfer](transfer_cross_model.png)" in md
     assert (tmp_path / "t" / "transfer_cross_model.json").exists()
+    numbers, md = TRR.demo_section(src, tmp_path / "t2", quick=True, policy=tgt, pairs=("to_policy",))
+    assert set(numbers) == {"to_policy"} and "![transfer](transfer_to_policy.png)" in md
+    with pytest.raises(ValueError, match="no policy was given"):
+        TRR.demo_section(src, tmp_path / "t3", quick=True, pairs=("to_policy",))
     numbers, md = PT.demo_section(tiny, tmp_path / "p", quick=True, policy=tiny, prompts=PROMPTS[:2])
     assert set(numbers) == {"base", "dpo", "policy_minus_base"} and "![perturbation](perturb.png)" in md
     assert numbers["base"]["layers"] == [0, 2]  # every third layer and the last

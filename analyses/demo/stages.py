@@ -13,7 +13,8 @@ from typing import Callable
 import hooked
 import interventions as iv
 import probes
-from analyses import dpo, introspection_data, introspection_report, perturbation, trajectory_report, transfer_report
+from analyses import (dpo, introspection_data, introspection_report, perturbation, trajectory_report, transfer,
+                      transfer_report)
 from analyses.latent_cot import run_study
 from hooked.jsonutil import to_jsonable
 from probes.plots import new_figure
@@ -94,12 +95,14 @@ def stage_entropy(ctx):
 
 
 def stage_probes(ctx):
-    n = 120 if ctx.quick else 400
+    n = 80 if ctx.quick else 200  # `policylens probe` sweeps a dataset at any size
     names = ["factual", "emotional"] if ctx.quick else ["factual", "emotional", "inferential"]
+    L = ctx.model.n_layers  # quick: every third layer (the probe fits, not the capture, cost the most)
+    sites = [f"resid_post.{i}" for i in sorted(set(range(0, L, 3)) | {L - 1})] if ctx.quick else "resid_post.*"
     sweeps = {}
     for name in names:
         ds = probes.datasets.load(name, n=n)
-        sweeps[name] = probes.layer_sweep(ctx.model, ds, sites="resid_post.*", positions="last", cv=5, progress=True)
+        sweeps[name] = probes.layer_sweep(ctx.model, ds, sites=sites, positions="last", cv=5, progress=True)
     probes.plot_depth(sweeps, path=ctx.out / "concept_depth.png", title=f"Concept depth ({ctx.model.name})")
     numbers, rows = {}, []
     for name, s in sweeps.items():
@@ -113,9 +116,10 @@ def stage_probes(ctx):
         v = numbers[name]
         rows.append(f"| {name} | {n} | {v['peak_acc']:.3f} | {v['peak_layer']} | {v['jump_layer']} | "
                     f"{v['converging_layer']} | {_fmt(v['selectivity_at_peak'])} |")
-    text = ("Linear probes (logistic, 5-fold, group-aware) on `resid_post` at the last token. Selectivity = accuracy "
-            "minus the accuracy of a Hewitt & Liang control task (a random label per word type, arXiv 1909.03368); "
-            "jump = steepest one-layer rise, converging = first steady layer after it (concept depth, Jin et al., "
+    layers = "every third layer and the last" if ctx.quick else "every layer"
+    text = (f"Linear probes (logistic, 5-fold, group-aware) on `resid_post` ({layers}) at the last token. "
+            "Selectivity = accuracy minus the accuracy of a Hewitt & Liang control task (a random label per word type, "
+            "arXiv 1909.03368); jump = steepest rise between probed layers, converging = first steady layer after it (concept depth, Jin et al., "
             "arXiv 2404.07066). Plot: `concept_depth.png`.\n\n"
             "| dataset | n | peak acc | peak layer | jump layer | converging layer | selectivity at peak |\n"
             "|---|---|---|---|---|---|---|\n" + "\n".join(rows))
@@ -134,7 +138,8 @@ def stage_steering(ctx):
         prompts += ["The weather this weekend will be", "Reading the review, I felt"]
     mults = [-8.0, -4.0, 0.0, 4.0, 8.0] if not ctx.quick else [-8.0, 0.0, 8.0]
     ls = iv.multiplier_sweep(m, vec, prompts, positive=" good", negative=" bad", multipliers=mults)
-    gs = iv.generation_sweep(m, vec, prompts, multipliers=mults, max_new_tokens=12 if ctx.quick else 20)
+    # one generation step costs about as much as a forward of the whole batch: few, short continuations
+    gs = iv.generation_sweep(m, vec, prompts, multipliers=mults, max_new_tokens=8 if ctx.quick else 16)
     neutral = ["The train departs at", "Water is made of", "The number after seven is"]
     kl = iv.side_effect_kl(m, vec, neutral, multiplier=mults[-1])
     mean_ld = [float(x) for x in ls.mean_metric]
@@ -157,26 +162,49 @@ def stage_steering(ctx):
     return numbers, text
 
 
+# DPO sizes of the demo. `policylens dpo-shift` scores a policy at the report's full sizes (analyses.dpo.report.LIMITS:
+# 16 pairs and prompts, 128 DID draws, every layer); the demo trains one short run and scores it on a small grid.
+DPO_SIZES = {
+    "quick": dict(steps=4, batch_size=2, save_every=4, sets=["knowledge"],
+                  limits=dict(n_pairs=4, n_prompts=2, k_samples=2, did_k=16, max_new_tokens=6, probe_datasets=(),
+                              geometry_n=24, batch_size=16)),
+    "full": dict(steps=6, batch_size=4, save_every=3, sets=["knowledge"],
+                 limits=dict(n_pairs=8, n_prompts=3, k_samples=4, did_k=32, max_new_tokens=10, probe_n=80,
+                             geometry_n=112, batch_size=16)),
+}
+
+
+def _dpo_layers(n_layers: int, quick: bool) -> list[int]:
+    """Patching / steering layers of the DPO localisation: the middle and last layer (quick) or 5 spread over
+    depth, the first and last included."""
+    if quick:
+        return [n_layers // 2, n_layers - 1]
+    return sorted({round(i * (n_layers - 1) / 4) for i in range(5)})
+
+
 def stage_dpo(ctx):
-    L = ctx.model.n_layers
-    if ctx.quick:
-        steps, sets = 4, ["knowledge"]
-        layers = sorted({0, L // 4, L // 2, 3 * L // 4, L - 1})
-        limits = dict(n_pairs=8, n_prompts=4, k_samples=2, max_new_tokens=12, probe_n=80, layers=layers)
-    else:
-        steps, sets = 12, ["knowledge", "style"]
-        layers = sorted(set(range(0, L, 3)) | {L - 1})
-        limits = dict(n_pairs=12, n_prompts=6, k_samples=4, max_new_tokens=16, probe_n=120, layers=layers)
+    size = DPO_SIZES["quick" if ctx.quick else "full"]
+    steps, sets = size["steps"], size["sets"]
+    limits = dict(size["limits"], layers=_dpo_layers(ctx.model.n_layers, ctx.quick))
     freed = {}
-    numbers, text = {}, [f"DPO with TRL ({steps} steps of 4 pairs, beta 0.1, lr 5e-6) from `{ctx.model.name}`, "
-                         f"then the policy-shift report, per preference set.\n"]
+    numbers, text = {}, [f"DPO with TRL ({steps} steps of {size['batch_size']} pairs, beta 0.1, lr 5e-6) from `{ctx.model.name}`, "
+                         f"then the policy-shift report, per preference set (demo sizes: {limits['n_pairs']} pairs, "
+                         f"{limits['n_prompts']} sampled prompts, {limits['did_k']} DID draws per prompt, layers "
+                         f"{limits['layers']}"
+                         + ("" if limits.get("probe_datasets", True) else ", no probe transfer")
+                         + "; `policylens dpo-shift` scores a policy at the full sizes).\n"]
     for name in sets:
-        run = dpo.train(ctx.model_spec, name, ctx.out / f"dpo_{name}" / "train", steps=steps,
-                        save_every=max(1, steps // 2), batch_size=4, progress=True)
+        run = dpo.train(ctx.model, name, ctx.out / f"dpo_{name}" / "train", steps=steps,
+                        save_every=size["save_every"], batch_size=size["batch_size"],
+                        n_pairs=size["batch_size"] * steps, progress=True)
         report_dir = ctx.out / f"dpo_{name}"
-        try:
-            numbers[name] = dpo.run_shift_report(ctx.model_spec, run.policy_dir, name, report_dir,
+        try:  # the base model is the reference as loaded; the knowledge policy is loaded once, for the studies too
+            policy = hooked.load_model(str(run.policy_dir), backend=ctx.backend, device=ctx.device)
+            numbers[name] = dpo.run_shift_report(ctx.model, policy, name, report_dir,
                                                  checkpoints=run, progress=True, **limits)
+            if name == "knowledge":
+                ctx._policy = policy
+            del policy
         finally:  # scored (or failed): the report keeps their numbers, the disk not their weights
             if not ctx.keep_checkpoints:  # the knowledge policy stays until the policy studies ran
                 freed[name] = run.remove_models(keep_policy=name == "knowledge")
@@ -194,7 +222,8 @@ def stage_dpo(ctx):
 
 def stage_latent_cot(ctx):
     out = ctx.out / "latent_cot"
-    numbers = run_study(out, profile="quick" if ctx.quick else "full", progress=True)
+    # the demo profiles: one seed (`policylens latent-cot --profile full` trains three, with longer curricula)
+    numbers = run_study(out, profile="demo_quick" if ctx.quick else "quick", progress=True)
     return numbers, latent_cot_markdown(numbers)
 
 
@@ -203,36 +232,48 @@ def stage_sae(ctx):
 
 
 # The four policy studies compare the base model with the `dpo` stage's knowledge policy. The demo runs
-# small grids (quick: about a minute each on two cores); each study's subcommand runs its full grid.
+# small grids (quick: seconds each; full: under a minute each on two cores); each study's subcommand
+# (`policylens introspect`, `transfer`, `perturb`, `trajectory`) runs its full grid.
 def stage_introspection(ctx):
     L = ctx.model.n_layers - 1
-    if ctx.quick:
-        sizes = dict(concepts=introspection_data.CONCEPTS[:3], layers=[round(0.66 * L)], strengths=[8.0], n_trials=2,
-                     n_control=4)
+    if ctx.quick:  # 3 concepts, one layer at 0.66 depth, strength 8, 2 trials, 2 controls, 8 baseline words;
+        # base and DPO policy only (each trial is one forward of a long conversation)
+        profile, sizes = "demo_quick", dict(ablate_refusal=False)
     else:
-        sizes = dict(concepts=introspection_data.CONCEPTS[:6], layers=[round(0.5 * L), round(0.66 * L)],
-                     strengths=[2.0, 8.0], n_trials=2)
-    return introspection_report.demo_section(ctx.model, ctx.out, quick=ctx.quick,
+        profile, sizes = "quick", dict(concepts=introspection_data.CONCEPTS[:4], layers=[round(0.66 * L)],
+                                       strengths=[2.0, 8.0], n_trials=2, n_control=4)
+    return introspection_report.demo_section(ctx.model, ctx.out, quick=ctx.quick, profile=profile,
                                              policy=ctx.policy(), progress=True, **sizes)
 
 
 def stage_transfer(ctx):
-    sizes = dict(n_align=100, ranks=(1, 16, None), n_sweep=(), n_random=2) if ctx.quick else {}
-    return transfer_report.demo_section(ctx.model, ctx.out / "transfer", quick=True, policy=ctx.policy(), **sizes)
+    # rank None (the full map) would repeat the `transferred` row; multiplier 0 is the same unsteered forward
+    # for every vector, so the demo's slopes are read from -4 and +4 alone
+    # quick: SmolLM2 -> its DPO policy only (Gemma 3's 262k-token unembedding made the Gemma pair most of the
+    # stage); full: SmolLM2 -> Gemma 3 270M too. Without a policy (dpo stage skipped) quick maps to Gemma 3.
+    sizes = dict(n_align=48, ranks=(1, 16), n_sweep=(), n_random=2, multipliers=(-4.0, 4.0),
+                 eval_prompts=transfer.EVAL_PROMPTS[:4]) if ctx.quick else \
+        dict(n_align=96, ranks=(1, 4, 16, 64), n_sweep=(), n_random=3, multipliers=(-4.0, 4.0))
+    policy = ctx.policy()
+    pairs = ("cross_model",) if policy is None else ("to_policy",) if ctx.quick else ("cross_model", "to_policy")
+    return transfer_report.demo_section(ctx.model, ctx.out / "transfer", quick=True, policy=policy, pairs=pairs,
+                                        threads=None, **sizes)
 
 
 def stage_perturbation(ctx):
-    prompts = perturbation.default_prompts(ctx.model, 2 if ctx.quick else 6, chat=True)
+    prompts = perturbation.default_prompts(ctx.model, 2 if ctx.quick else 4, chat=True)
     L = ctx.model.n_layers
-    layers = sorted({0, L // 4, L // 2, 3 * L // 4, L - 1}) if ctx.quick else None
+    layers = sorted({0, L // 2, L - 1}) if ctx.quick else sorted({0, L // 3, 2 * L // 3, L - 1})
+    sizes = dict(n_random=1, max_new_tokens=6, probe_n=48) if ctx.quick else \
+        dict(n_random=2, max_new_tokens=12, probe_n=96)
     return perturbation.demo_section(ctx.model, ctx.out / "perturbation", quick=True, policy=ctx.policy(),
-                                     prompts=prompts, layers=layers)
+                                     prompts=prompts, layers=layers, threads=None, **sizes)
 
 
 def stage_trajectory(ctx):
     # single-step sums: SmolLM2 solves about half, so correctness has two classes (multi-step is at the floor)
-    sizes = dict(n_problems=8, k=2, max_new_tokens=16, n_ops=1) if ctx.quick else \
-        dict(n_problems=24, k=4, max_new_tokens=24, n_ops=1)
+    sizes = dict(n_problems=6, k=2, max_new_tokens=12, n_ops=1) if ctx.quick else \
+        dict(n_problems=12, k=4, max_new_tokens=16, n_ops=1)
     try:
         return trajectory_report.demo_section(ctx.model, ctx.out, quick=ctx.quick, policy=ctx.policy(), progress=True,
                                               **sizes)
