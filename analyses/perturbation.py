@@ -298,7 +298,8 @@ def _profile(model, prompts, layers, norms, directions, n_random, max_new_tokens
         model=str(getattr(model, "name", "model")), layers=layers, norms=norms, n_prompts=len(prompts),
         base_nll=base.tolist(), delta_nll=delta_nll, asa_delta_nll=asa_nll, asa=asa_info, n_random=n_random,
         seconds=round(time.time() - t0, 1),
-        extra={"max_new_tokens": max_new_tokens, "probe_n": probe_n, "mean_response_tokens": sum(map(len, resp.response_ids)) / len(prompts),
+        extra={"max_new_tokens": max_new_tokens, "probe_n": probe_n,
+               "mean_response_tokens": sum(map(len, resp.response_ids)) / len(prompts),
                "relative_asa_norm": (torch.stack([asa_normalize(torch.randn(len(prompts), d_model,
                                      generator=torch.Generator().manual_seed(seed)), H[i]) for i in range(len(layers))])
                                      .norm(dim=-1) / hnorm.squeeze(-1)).mean(1).tolist()},

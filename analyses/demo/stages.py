@@ -95,9 +95,9 @@ def stage_entropy(ctx):
 
 
 def stage_probes(ctx):
-    n = 80 if ctx.quick else 200  # `policylens probe` sweeps a dataset at any size
+    n = 80 if ctx.quick else 150  # `policylens probe` sweeps a dataset at any size
     names = ["factual", "emotional"] if ctx.quick else ["factual", "emotional", "inferential"]
-    L = ctx.model.n_layers  # quick: every third layer (the probe fits, not the capture, cost the most)
+    L = ctx.model.n_layers  # quick: every third layer and the last (fewer probe fits)
     sites = [f"resid_post.{i}" for i in sorted(set(range(0, L, 3)) | {L - 1})] if ctx.quick else "resid_post.*"
     sweeps = {}
     for name in names:
@@ -119,8 +119,8 @@ def stage_probes(ctx):
     layers = "every third layer and the last" if ctx.quick else "every layer"
     text = (f"Linear probes (logistic, 5-fold, group-aware) on `resid_post` ({layers}) at the last token. "
             "Selectivity = accuracy minus the accuracy of a Hewitt & Liang control task (a random label per word type, "
-            "arXiv 1909.03368); jump = steepest rise between probed layers, converging = first steady layer after it (concept depth, Jin et al., "
-            "arXiv 2404.07066). Plot: `concept_depth.png`.\n\n"
+            "arXiv 1909.03368); jump = steepest rise between probed layers, converging = first steady layer after it "
+            "(concept depth, Jin et al., arXiv 2404.07066). Plot: `concept_depth.png`.\n\n"
             "| dataset | n | peak acc | peak layer | jump layer | converging layer | selectivity at peak |\n"
             "|---|---|---|---|---|---|---|\n" + "\n".join(rows))
     return numbers, text
@@ -169,17 +169,17 @@ DPO_SIZES = {
                   limits=dict(n_pairs=4, n_prompts=2, k_samples=2, did_k=16, max_new_tokens=6, probe_datasets=(),
                               geometry_n=24, batch_size=16)),
     "full": dict(steps=6, batch_size=4, save_every=3, sets=["knowledge"],
-                 limits=dict(n_pairs=8, n_prompts=3, k_samples=4, did_k=32, max_new_tokens=10, probe_n=80,
+                 limits=dict(n_pairs=8, n_prompts=3, k_samples=4, did_k=32, max_new_tokens=10, probe_n=64,
                              geometry_n=112, batch_size=16)),
 }
 
 
 def _dpo_layers(n_layers: int, quick: bool) -> list[int]:
-    """Patching / steering layers of the DPO localisation: the middle and last layer (quick) or 5 spread over
-    depth, the first and last included."""
+    """Patching / steering layers of the DPO localisation: the middle and last layer (quick) or spread over
+    depth, the first and last included (4, full)."""
     if quick:
         return [n_layers // 2, n_layers - 1]
-    return sorted({round(i * (n_layers - 1) / 4) for i in range(5)})
+    return sorted({round(i * (n_layers - 1) / 3) for i in range(4)})
 
 
 def stage_dpo(ctx):
@@ -187,7 +187,8 @@ def stage_dpo(ctx):
     steps, sets = size["steps"], size["sets"]
     limits = dict(size["limits"], layers=_dpo_layers(ctx.model.n_layers, ctx.quick))
     freed = {}
-    numbers, text = {}, [f"DPO with TRL ({steps} steps of {size['batch_size']} pairs, beta 0.1, lr 5e-6) from `{ctx.model.name}`, "
+    numbers, text = {}, [f"DPO with TRL ({steps} steps of {size['batch_size']} pairs, beta 0.1, lr 5e-6) from "
+                         f"`{ctx.model.name}`, "
                          f"then the policy-shift report, per preference set (demo sizes: {limits['n_pairs']} pairs, "
                          f"{limits['n_prompts']} sampled prompts, {limits['did_k']} DID draws per prompt, layers "
                          f"{limits['layers']}"
@@ -261,11 +262,11 @@ def stage_transfer(ctx):
 
 
 def stage_perturbation(ctx):
-    prompts = perturbation.default_prompts(ctx.model, 2 if ctx.quick else 4, chat=True)
+    prompts = perturbation.default_prompts(ctx.model, 2 if ctx.quick else 3, chat=True)
     L = ctx.model.n_layers
     layers = sorted({0, L // 2, L - 1}) if ctx.quick else sorted({0, L // 3, 2 * L // 3, L - 1})
     sizes = dict(n_random=1, max_new_tokens=6, probe_n=48) if ctx.quick else \
-        dict(n_random=2, max_new_tokens=12, probe_n=96)
+        dict(n_random=2, max_new_tokens=10, probe_n=64)
     return perturbation.demo_section(ctx.model, ctx.out / "perturbation", quick=True, policy=ctx.policy(),
                                      prompts=prompts, layers=layers, threads=None, **sizes)
 
@@ -273,7 +274,7 @@ def stage_perturbation(ctx):
 def stage_trajectory(ctx):
     # single-step sums: SmolLM2 solves about half, so correctness has two classes (multi-step is at the floor)
     sizes = dict(n_problems=6, k=2, max_new_tokens=12, n_ops=1) if ctx.quick else \
-        dict(n_problems=12, k=4, max_new_tokens=16, n_ops=1)
+        dict(n_problems=8, k=4, max_new_tokens=16, n_ops=1)
     try:
         return trajectory_report.demo_section(ctx.model, ctx.out, quick=ctx.quick, policy=ctx.policy(), progress=True,
                                               **sizes)
