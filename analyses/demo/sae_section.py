@@ -95,8 +95,8 @@ def sae_section(model, out_dir, quick: bool = False, alphas=(0.0, 40.0, 80.0)) -
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     sae = probes.smollm2_sae(model)
-    texts = probes.sae_corpus(24 if quick else 80, seed=0)
-    held_out = probes.sae_corpus(6 if quick else 16, seed=1)
+    texts = probes.sae_corpus(24 if quick else 64, seed=0)
+    held_out = probes.sae_corpus(6 if quick else 12, seed=1)
     n_new = 6 if quick else 12  # one generation step per token and alpha
 
     topics = topic_latents(model, sae)

@@ -95,7 +95,7 @@ def stage_entropy(ctx):
 
 
 def stage_probes(ctx):
-    n = 80 if ctx.quick else 150  # `policylens probe` sweeps a dataset at any size
+    n = 80 if ctx.quick else 120  # `policylens probe` sweeps a dataset at any size
     names = ["factual", "emotional"] if ctx.quick else ["factual", "emotional", "inferential"]
     L = ctx.model.n_layers  # quick: every third layer and the last (fewer probe fits)
     sites = [f"resid_post.{i}" for i in sorted(set(range(0, L, 3)) | {L - 1})] if ctx.quick else "resid_post.*"
@@ -168,7 +168,7 @@ DPO_SIZES = {
     "quick": dict(steps=4, batch_size=2, save_every=4, sets=["knowledge"],
                   limits=dict(n_pairs=4, n_prompts=2, k_samples=2, did_k=16, max_new_tokens=6, probe_datasets=(),
                               geometry_n=24, batch_size=16)),
-    "full": dict(steps=6, batch_size=4, save_every=3, sets=["knowledge"],
+    "full": dict(steps=4, batch_size=4, save_every=2, sets=["knowledge"],
                  limits=dict(n_pairs=8, n_prompts=3, k_samples=4, did_k=32, max_new_tokens=10, probe_n=64,
                              geometry_n=112, batch_size=16)),
 }
@@ -241,7 +241,7 @@ def stage_introspection(ctx):
         # base and DPO policy only (each trial is one forward of a long conversation)
         profile, sizes = "demo_quick", dict(ablate_refusal=False)
     else:
-        profile, sizes = "quick", dict(concepts=introspection_data.CONCEPTS[:4], layers=[round(0.66 * L)],
+        profile, sizes = "quick", dict(concepts=introspection_data.CONCEPTS[:3], layers=[round(0.66 * L)],
                                        strengths=[2.0, 8.0], n_trials=2, n_control=4)
     return introspection_report.demo_section(ctx.model, ctx.out, quick=ctx.quick, profile=profile,
                                              policy=ctx.policy(), progress=True, **sizes)
@@ -254,7 +254,7 @@ def stage_transfer(ctx):
     # stage); full: SmolLM2 -> Gemma 3 270M too. Without a policy (dpo stage skipped) quick maps to Gemma 3.
     sizes = dict(n_align=48, ranks=(1, 16), n_sweep=(), n_random=2, multipliers=(-4.0, 4.0),
                  eval_prompts=transfer.EVAL_PROMPTS[:4]) if ctx.quick else \
-        dict(n_align=96, ranks=(1, 4, 16, 64), n_sweep=(), n_random=3, multipliers=(-4.0, 4.0))
+        dict(n_align=64, ranks=(1, 16, 64), n_sweep=(), n_random=3, multipliers=(-4.0, 4.0))
     policy = ctx.policy()
     pairs = ("cross_model",) if policy is None else ("to_policy",) if ctx.quick else ("cross_model", "to_policy")
     return transfer_report.demo_section(ctx.model, ctx.out / "transfer", quick=True, policy=policy, pairs=pairs,
@@ -262,7 +262,7 @@ def stage_transfer(ctx):
 
 
 def stage_perturbation(ctx):
-    prompts = perturbation.default_prompts(ctx.model, 2 if ctx.quick else 3, chat=True)
+    prompts = perturbation.default_prompts(ctx.model, 2, chat=True)
     L = ctx.model.n_layers
     layers = sorted({0, L // 2, L - 1}) if ctx.quick else sorted({0, L // 3, 2 * L // 3, L - 1})
     sizes = dict(n_random=1, max_new_tokens=6, probe_n=48) if ctx.quick else \
