@@ -17,6 +17,10 @@ def test_quick_demo_writes_a_complete_report(tmp_path):
     assert [k for k in report["stages"]] == [s.name for s in STAGES]
     assert {k: v["status"] for k, v in report["stages"].items()} == {s.name: "ok" for s in STAGES}
     st = report["stages"]
+    # each stage timed in wall-clock and CPU seconds; the run records its threads and the load around it
+    assert all(v["seconds"] >= 0 and v["cpu_seconds"] >= 0 for v in st.values())
+    assert report["torch_threads"] == 1 and set(report["load_average_1min"]) == {"start", "end"}
+    assert report["cpu_seconds_total"] >= sum(v["cpu_seconds"] for v in st.values()) - 1
     assert st["capture"]["next_token"]["The capital of France is"].strip() == "Paris"
     assert 0 < st["entropy"]["total"] < 30 * st["entropy"]["max_per_layer"]
     assert st["probes"]["factual"]["peak_acc"] > 0.75  # well above chance (0.5) somewhere in depth
