@@ -10,9 +10,11 @@ from .options import add_model_options
 
 
 def cmd_demo(args) -> int:
+    if args.threads < 0:
+        raise ValueError(f"--threads {args.threads}: give a positive thread count, or 0 for torch's own setting.")
     out = run_demo(model=args.model, out_root=Path(args.out), quick=args.quick, backend=args.backend,
                    device=args.device, stages=args.stages,
-                   keep_checkpoints=args.keep_checkpoints)
+                   keep_checkpoints=args.keep_checkpoints, threads=args.threads or None)
     print(f"\nreport: {out / 'report.md'}\nnumbers: {out / 'report.json'}")
     return 0
 
@@ -25,4 +27,6 @@ def register(sub) -> None:
     p.add_argument("--keep-checkpoints", action="store_true",
                    help="keep the DPO checkpoints and final policies (about 0.5 GB each); by default they "
                         "are deleted once scored")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads for the stages (default 1; 0: torch's own setting, every core)")
     p.set_defaults(func=cmd_demo)
