@@ -90,7 +90,7 @@ class LayerSweep:
 def sweep_activations(X, y, groups=None, *, types=None, cv=5, method="logistic", control=None, seed=0,
                       C=1.0, shrinkage=0.1, standardize=None, sites=None, layers=None, n_layers=None,
                       jump_min_rise=0.05, converge_eps=0.02, above_chance_margin=0.1,
-                      keep_activations=False, name="") -> LayerSweep:
+                      keep_activations=False, name="", tol=1e-4) -> LayerSweep:
     """Cross-validated probe sweep over a precomputed stack ``X [n_layers, N, d]``.
 
     ``groups`` keep related examples in one fold (scikit-learn ``StratifiedGroupKFold``; plain
@@ -101,6 +101,8 @@ def sweep_activations(X, y, groups=None, *, types=None, cv=5, method="logistic",
     (``jump_min_rise``), :func:`probes.cv.converging_layer` (``converge_eps``); and
     :func:`probes.cv.first_above_chance` (``above_chance_margin``). ``relative_depth`` is
     ``(layer + 1) / n_layers`` (the fraction of blocks that have run at ``resid_post.layer``).
+    ``tol``: the logistic solver's stopping test, scikit-learn's ``gtol`` (its default 1e-4, at
+    which scikit-learn itself stops a few test predictions from the optimum; 1e-5 reaches it).
     """
     X = as_stack(X)
     L = X.shape[0]
@@ -118,7 +120,7 @@ def sweep_activations(X, y, groups=None, *, types=None, cv=5, method="logistic",
                              "(ConceptDataset.types). Or pass control=False.")
         control_labels = control_task(types, y, seed=seed)
     runs, folds, chance = cross_validate(X, y, groups, cv, method, control, seed, C, shrinkage,
-                                         standardize, control_labels=control_labels)
+                                         standardize, tol=tol, control_labels=control_labels)
     acc, auc = runs["task"]
     # both metrics live in [0, 1]: clip the Student-t interval there
     am, alo, ahi = (np.clip(a, 0.0, 1.0) for a in mean_ci(acc))
