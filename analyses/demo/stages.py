@@ -223,8 +223,8 @@ def stage_dpo(ctx):
 
 def stage_latent_cot(ctx):
     out = ctx.out / "latent_cot"
-    # the demo profiles: one seed (`policylens latent-cot --profile full` trains three, with longer curricula)
-    numbers = run_study(out, profile="demo_quick" if ctx.quick else "quick", progress=True)
+    # both demo profiles: one seed, short curricula (`policylens latent-cot --profile full` trains three, longer)
+    numbers = run_study(out, profile="demo_quick", progress=True)
     return numbers, latent_cot_markdown(numbers)
 
 
@@ -266,7 +266,7 @@ def stage_perturbation(ctx):
     L = ctx.model.n_layers
     layers = sorted({0, L // 2, L - 1}) if ctx.quick else sorted({0, L // 3, 2 * L // 3, L - 1})
     sizes = dict(n_random=1, max_new_tokens=6, probe_n=48) if ctx.quick else \
-        dict(n_random=2, max_new_tokens=10, probe_n=64)
+        dict(n_random=1, max_new_tokens=10, probe_n=64)
     return perturbation.demo_section(ctx.model, ctx.out / "perturbation", quick=True, policy=ctx.policy(),
                                      prompts=prompts, layers=layers, threads=None, **sizes)
 
@@ -274,7 +274,7 @@ def stage_perturbation(ctx):
 def stage_trajectory(ctx):
     # single-step sums: SmolLM2 solves about half, so correctness has two classes (multi-step is at the floor)
     sizes = dict(n_problems=6, k=2, max_new_tokens=12, n_ops=1) if ctx.quick else \
-        dict(n_problems=8, k=4, max_new_tokens=16, n_ops=1)
+        dict(n_problems=8, k=3, max_new_tokens=16, n_ops=1)
     try:
         return trajectory_report.demo_section(ctx.model, ctx.out, quick=ctx.quick, policy=ctx.policy(), progress=True,
                                               **sizes)
