@@ -31,20 +31,13 @@ PROFILES = {"quick": dict(n_problems=16, k=4, max_new_tokens=40), "full": dict(n
 def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
     """AUROC of ``scores`` for binary ``labels`` over finite scores; NaN when only one class is present.
 
-    The Mann-Whitney form, ``(sum of the positives' ranks - n1 (n1 + 1) / 2) / (n1 n0)`` with tied scores
-    given their average rank (``scipy.stats.rankdata``), which equals sklearn's ``roc_auc_score`` (ties
-    count one half) without its input validation: the bootstrap of :func:`auroc_ci` calls it thousands of
-    times, where that validation took most of a minute."""
-    from scipy.stats import rankdata
+    The Mann-Whitney form of :func:`probes.cv.auroc_rows` (ties ranked on average), which equals
+    sklearn's ``roc_auc_score`` without its input validation: the bootstrap of :func:`auroc_ci` calls it
+    thousands of times, where that validation took most of a minute."""
+    from probes.cv import auroc_rows
 
     ok = np.isfinite(scores)
-    y = np.asarray(labels)[ok].astype(bool)
-    n1 = int(y.sum())
-    n0 = y.size - n1
-    if n1 == 0 or n0 == 0:
-        return float("nan")
-    ranks = rankdata(np.asarray(scores)[ok])
-    return float((ranks[y].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
+    return float(auroc_rows(np.asarray(scores, dtype=float)[ok][None], np.asarray(labels)[ok].astype(int))[0])
 
 
 def auroc_ci(scores, labels, groups, n_boot: int = 1000, seed: int = 0) -> tuple[float, float]:
