@@ -62,8 +62,11 @@ def write_plots(r: ShiftReport, out: Path) -> list[str]:
         axs[1, 2].plot(L, pt.ref_on_ref, label=f"{name}: ref→ref")
         axs[1, 2].plot(L, pt.ref_on_policy, "--", label=f"{name}: ref→policy")
         axs[1, 2].plot(L, pt.cosine, ":", label=f"{name}: direction cos")
-    axs[1, 2].set_title("probe transfer")
-    axs[1, 2].legend(fontsize=7)
+    if it.probe_transfer:
+        axs[1, 2].set_title("probe transfer")
+        axs[1, 2].legend(fontsize=7)
+    else:
+        axs[1, 2].set_title("probe transfer (not run)")
     for a in axs.flat:
         a.set_xlabel("layer")
     names.append(_save(fig, out, "layers.png"))
