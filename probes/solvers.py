@@ -225,6 +225,9 @@ def fit_logistic_folds(X: torch.Tensor, labels: np.ndarray, train_masks: np.ndar
     def loss_of(s, wsq):
         return ((torch.nn.functional.softplus(s) - cy * s) * cm).sum(-1) / ncol + 0.5 * lamc * wsq
 
+    def converged(g):       # scikit-learn's gtol test on [grad_w, grad_b]
+        return g.abs().amax(-1) <= tol
+
     out_v = torch.zeros(L, cols, d + 1)
     out_conv = torch.zeros(L, cols, dtype=torch.bool)
     n_iter = torch.zeros(L, cols, dtype=torch.long)
@@ -234,13 +237,13 @@ def fit_logistic_folds(X: torch.Tensor, labels: np.ndarray, train_masks: np.ndar
     g = gradient(s, v)
     hg = h0(g)
     mem = []                                              # (s_k, y_k, H0 y_k, rho_k)
-    done = g.abs().amax(-1) <= tol
+    done = converged(g)
     for _ in range(max_iter):
         finished = done.all(1)
         n_fin = int(finished.sum())
         if n_fin and (n_fin == len(i) or n_fin >= 0.2 * len(i)):   # converged layers leave the batch
             out_v[i[finished]] = v[finished]
-            out_conv[i[finished]] = (g.abs().amax(-1) <= tol)[finished]
+            out_conv[i[finished]] = converged(g)[finished]
             keep = ~finished
             i = i[keep]
             if not len(i):
@@ -298,9 +301,9 @@ def fit_logistic_folds(X: torch.Tensor, labels: np.ndarray, train_masks: np.ndar
             mem.pop(0)
         g, hg = g_n, hg_n
         n_iter[i] += (act & ~stalled).long()
-        done = done | (g.abs().amax(-1) <= tol) | stalled
+        done = done | converged(g) | stalled
     if len(i):
-        out_v[i], out_conv[i] = v, g.abs().amax(-1) <= tol
+        out_v[i], out_conv[i] = v, converged(g)
     out_w, out_b = out_v[..., :d], out_v[..., d]
     u = out_w / sd_c
     intercept = out_b - (u * mu_c).sum(-1) - (u * centre).sum(-1)   # back to uncentred raw space

@@ -233,7 +233,7 @@ def stage_sae(ctx):
 
 
 # The four policy studies compare the base model with the `dpo` stage's knowledge policy. The demo runs
-# small grids (quick: seconds each; full: under a minute each on two cores); each study's subcommand
+# small grids (quick: about 10-30 s each; full: under a minute each, one thread); each study's subcommand
 # (`policylens introspect`, `transfer`, `perturb`, `trajectory`) runs its full grid.
 def stage_introspection(ctx):
     L = ctx.model.n_layers - 1

@@ -24,7 +24,7 @@ PROFILES = {
     # (the last stage, all steps latent, is the hardest and gets the most steps)
     "quick": {"seeds": [0], "stage0": 300, "latent_stages": [80, 80, 80, 200], "pause_stages": [60, 60, 60, 100],
               "n_eval": 256, "task": {"task": "pointer_chasing", "n_nodes": 8, "hops": 3}},
-    # the quick demo's smoke run: the same curriculum, shortened (accuracies lower than "quick"'s)
+    # the demo's run (both profiles): the same curriculum, shortened (accuracies lower than "quick"'s)
     "demo_quick": {"seeds": [0], "stage0": 200, "latent_stages": [50, 50, 50, 120], "pause_stages": [40, 40, 40, 60],
                    "n_eval": 128, "task": {"task": "pointer_chasing", "n_nodes": 8, "hops": 3}},
     "full": {"seeds": [0, 1, 2], "stage0": 400, "latent_stages": [100, 100, 100, 300],
