@@ -12,9 +12,12 @@ from .options import add_model_options
 def cmd_demo(args) -> int:
     if args.threads < 0:
         raise ValueError(f"--threads {args.threads}: give a positive thread count, or 0 for torch's own setting.")
+    if args.jobs is not None and args.jobs < 1:
+        raise ValueError(f"--jobs {args.jobs}: give the number of worker processes, 1 or more (1: every stage in "
+                         "one process, in order).")
     out = run_demo(model=args.model, out_root=Path(args.out), quick=args.quick, backend=args.backend,
                    device=args.device, stages=args.stages,
-                   keep_checkpoints=args.keep_checkpoints, threads=args.threads or None)
+                   keep_checkpoints=args.keep_checkpoints, threads=args.threads or None, jobs=args.jobs)
     print(f"\nreport: {out / 'report.md'}\nnumbers: {out / 'report.json'}")
     return 0
 
@@ -29,4 +32,7 @@ def register(sub) -> None:
                         "are deleted once scored")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads for the stages (default 1; 0: torch's own setting, every core)")
+    p.add_argument("--jobs", type=int, default=None,
+                   help="worker processes running stages side by side (default: 2 where this process may use two cores, "
+                        "else 1; 1 runs every stage in one process, in order)")
     p.set_defaults(func=cmd_demo)

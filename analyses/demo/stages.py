@@ -26,18 +26,34 @@ from .sae_section import sae_section
 
 @dataclass
 class DemoContext:
-    """What every stage gets: the loaded model, how it was named, where to write, and the profile."""
+    """What every stage gets: how the model was named (it is loaded on first use, so a worker process that
+    only runs the model-free latent-CoT study never loads it), where to write, and the profile."""
 
-    model: object
     model_spec: str
     out: Path
     quick: bool
     backend: str
     device: str
-    results: dict
     keep_checkpoints: bool = False  # keep the DPO checkpoints and final policies (GBs) on disk
     policy_dir: Path | None = None  # the `knowledge` DPO policy, kept until the studies that compare with it ran
+    _model: object = None
     _policy: object = None
+
+    @property
+    def model(self):
+        """The base model as a HookedModel, loaded on first use."""
+        if self._model is None:
+            self._model = hooked.load_model(self.model_spec, backend=self.backend, device=self.device)
+        return self._model
+
+    def model_info(self) -> dict | None:
+        """Name and shape of the base model for the report's header, or None if it was not loaded here."""
+        m = self._model
+        return None if m is None else {"name": m.name, "arch": m.arch, "n_layers": m.n_layers, "d_model": m.d_model}
+
+    def keep_policy(self, policy, policy_dir: Path) -> None:
+        """Keep the `dpo` stage's knowledge policy (loaded, and where it lies) for the policy studies."""
+        self._policy, self.policy_dir = policy, Path(policy_dir)
 
     def policy(self):
         """The demo's DPO policy (trained by the `dpo` stage) as a HookedModel, or None if that stage did not run."""
@@ -204,13 +220,13 @@ def stage_dpo(ctx):
             numbers[name] = dpo.run_shift_report(ctx.model, policy, name, report_dir,
                                                  checkpoints=run, progress=True, **limits)
             if name == "knowledge":
-                ctx._policy = policy
+                ctx.keep_policy(policy, run.policy_dir)
             del policy
         finally:  # scored (or failed): the report keeps their numbers, the disk not their weights
             if not ctx.keep_checkpoints:  # the knowledge policy stays until the policy studies ran
                 freed[name] = run.remove_models(keep_policy=name == "knowledge")
             if name == "knowledge" and run.policy_dir.exists():
-                ctx.policy_dir = run.policy_dir
+                ctx.policy_dir = run.policy_dir  # (also when scoring failed: the policy studies can still use it)
         md_path = report_dir / "report.md"
         if md_path.exists():
             body = md_path.read_text().split("\n", 1)[-1].replace("](", f"](dpo_{name}/").replace("\n## ", "\n### ")
@@ -275,13 +291,8 @@ def stage_trajectory(ctx):
     # single-step sums: SmolLM2 solves about half, so correctness has two classes (multi-step is at the floor)
     sizes = dict(n_problems=6, k=2, max_new_tokens=12, n_ops=1) if ctx.quick else \
         dict(n_problems=8, k=3, max_new_tokens=16, n_ops=1)
-    try:
-        return trajectory_report.demo_section(ctx.model, ctx.out, quick=ctx.quick, policy=ctx.policy(), progress=True,
-                                              **sizes)
-    finally:  # the last stage that uses the policy
-        freed = ctx.release_policy()
-        if freed:
-            print(f"DPO policy deleted after the policy studies ({freed / 2**20:.0f} MB)", flush=True)
+    return trajectory_report.demo_section(ctx.model, ctx.out, quick=ctx.quick, policy=ctx.policy(), progress=True,
+                                          **sizes)
 
 
 def _bar(values, xlabel, ylabel, title, path):
@@ -297,18 +308,21 @@ class Stage:
     name: str
     title: str
     fn: Callable[[DemoContext], tuple[dict, str]]  # -> (numbers for report.json, markdown for report.md)
+    cost: float = 1.0  # wall seconds of the quick profile on a quiet machine, one thread: the scheduler's estimate
+    after: tuple[str, ...] = ()  # stages that must end first when they run too (the policy studies need `dpo`)
 
 
+_POLICY = ("dpo",)
 STAGES = [
-    Stage("capture", "Capture", stage_capture),
-    Stage("entropy", "Knowledge entropy", stage_entropy),
-    Stage("probes", "Concept-probe layer sweep", stage_probes),
-    Stage("steering", "Steering vector and multiplier sweep", stage_steering),
-    Stage("dpo", "DPO run and policy-shift report", stage_dpo),
-    Stage("sae", "Sparse autoencoder features, latent steering and portable steering", stage_sae),
-    Stage("introspection", "Introspection under concept injection", stage_introspection),
-    Stage("transfer", "Cross-model direction transfer", stage_transfer),
-    Stage("perturbation", "Latent-perturbation sensitivity", stage_perturbation),
-    Stage("trajectory", "Latent-trajectory signals", stage_trajectory),
-    Stage("latent_cot", "Latent chain-of-thought study", stage_latent_cot),
+    Stage("capture", "Capture", stage_capture, 0.5),
+    Stage("entropy", "Knowledge entropy", stage_entropy, 1),
+    Stage("probes", "Concept-probe layer sweep", stage_probes, 6),
+    Stage("steering", "Steering vector and multiplier sweep", stage_steering, 5),
+    Stage("dpo", "DPO run and policy-shift report", stage_dpo, 32),
+    Stage("sae", "Sparse autoencoder features, latent steering and portable steering", stage_sae, 14),
+    Stage("introspection", "Introspection under concept injection", stage_introspection, 13, _POLICY),
+    Stage("transfer", "Cross-model direction transfer", stage_transfer, 8, _POLICY),
+    Stage("perturbation", "Latent-perturbation sensitivity", stage_perturbation, 28, _POLICY),
+    Stage("trajectory", "Latent-trajectory signals", stage_trajectory, 18, _POLICY),
+    Stage("latent_cot", "Latent chain-of-thought study", stage_latent_cot, 40),
 ]
