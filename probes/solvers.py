@@ -142,12 +142,28 @@ def _spd_inverse(B):
 
 def _boehning_dense(Xc, sd_all, lam_mean):
     """``g -> B^-1 g`` with one bound per layer from all rows (used unless N is well below d; every
-    fold's bound is then close to the layer's): ``B = Xs^T Xs / (4N) + lam I``."""
+    fold's bound is then close to the layer's): ``B = Xs^T Xs / (4N) + lam I``.
+
+    With fewer rows than features the explicit inverse comes from the N x N side (Woodbury)::
+
+        B^-1 = [I - Xs^T (4N lam I + Xs Xs^T)^-1 Xs] / lam
+
+    (an N x N factorisation, in fp64, instead of a d x d one; the product is the same matrix)."""
     L, N, d = Xc.shape
-    inv_sd = 1.0 / sd_all.transpose(1, 2)                                            # [L, d, 1]
-    B = torch.bmm(Xc.transpose(1, 2), Xc) * (inv_sd * inv_sd.transpose(1, 2) / (4 * N))
-    B.diagonal(dim1=1, dim2=2).add_(lam_mean)
-    st = {"Binv": _spd_inverse(B)}
+    if N < d:
+        Xs = Xc / sd_all
+        A = torch.bmm(Xs, Xs.transpose(1, 2)).double()
+        A.diagonal(dim1=1, dim2=2).add_(4 * N * lam_mean)
+        P = torch.bmm(torch.cholesky_inverse(torch.linalg.cholesky(A)).float(), Xs)       # [L, N, d]
+        Binv = torch.bmm(Xs.transpose(1, 2), P).neg_()
+        Binv.diagonal(dim1=1, dim2=2).add_(1.0)
+        Binv.div_(lam_mean)
+    else:
+        inv_sd = 1.0 / sd_all.transpose(1, 2)                                        # [L, d, 1]
+        B = torch.bmm(Xc.transpose(1, 2), Xc) * (inv_sd * inv_sd.transpose(1, 2) / (4 * N))
+        B.diagonal(dim1=1, dim2=2).add_(lam_mean)
+        Binv = _spd_inverse(B)
+    st = {"Binv": Binv}
 
     def apply(g):
         return torch.bmm(g, st["Binv"])

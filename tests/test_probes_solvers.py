@@ -96,3 +96,19 @@ def test_accuracy_equals_sklearn_when_n_below_d():
     res = sweep_activations(X, y, cv=4, method="logistic", control=False, seed=0)
     ref = sklearn_loop(X, y, make_folds(y, None, 4, seed=0))
     assert np.abs(res.acc_mean - ref.mean(1)).max() <= 0.005, (res.acc_mean, ref.mean(1))
+
+
+@pytest.mark.parametrize("n,d", [(30, 50), (60, 20)])  # fewer rows than features: by Woodbury; more: directly
+def test_dense_bound_is_the_inverse_of_boehnings_bound(n, d):
+    """The dense preconditioner is ``B^-1``, ``B = Xs^T Xs / (4N) + lam I`` (Xs: the layer standardised), however built."""
+    from probes.solvers import _boehning_dense
+
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(2, n, d, generator=g) * torch.linspace(0.5, 3.0, d) + 1.0
+    Xc = X - X.mean(1, keepdim=True)
+    sd = Xc.pow(2).mean(1, keepdim=True).sqrt()
+    lam = 1.0 / (0.8 * n)
+    Xs = (Xc / sd).double()
+    B = Xs.transpose(1, 2) @ Xs / (4 * n) + lam * torch.eye(d, dtype=torch.float64)
+    Binv = _boehning_dense(Xc, sd, lam).state["Binv"].double()
+    assert torch.allclose(Binv @ B, torch.eye(d, dtype=torch.float64).expand(2, d, d), atol=2e-4)
