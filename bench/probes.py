@@ -53,11 +53,14 @@ def real(model_name, dataset, n):
     return acts.stack("resid_post.*").float(), ds.labels, ds.groups
 
 
-def converged_loop(X, y, folds, n_jobs=1, tol=1e-4):
+def converged_loop(X, y, groups, cv, n_jobs=1, tol=1e-4, folds=None):
     """What a researcher writes: StandardScaler + LogisticRegression(max_iter=5000) per layer per
     fold, BLAS pinned to one thread per worker; ``n_jobs`` > 1 spreads layers over cores (joblib).
+    The folds are made once (scikit-learn's (group-)stratified splitter, the sweep's own folds), as
+    the sweep makes them: both timings include that.
     ``tol``: scikit-learn's default 1e-4 (``tol=1e-8``: the exact optimum, for the accuracy check)."""
     from joblib import Parallel, delayed
+    folds = make_folds(y, groups, cv, seed=0) if folds is None else folds
 
     def one_layer(Xl):
         with threadpool_limits(1, "blas"), warnings.catch_warnings():
@@ -70,19 +73,24 @@ def converged_loop(X, y, folds, n_jobs=1, tol=1e-4):
     return np.array(Parallel(n_jobs=n_jobs)(delayed(one_layer)(Xn[i]) for i in range(len(Xn))))
 
 
+def loop_positions(stacks, y, groups, cv, n_jobs=1):
+    """The converged loop at every position, the folds made once (as the position sweep makes them)."""
+    folds = make_folds(y, groups, cv, seed=0)
+    return [converged_loop(S, y, groups, cv, n_jobs=n_jobs, folds=folds) for S in stacks]
+
+
 def bench_sweep(X, y, groups, cv, repeats=2, positions=3):
     """Ratios of the batched sweep against the converged loop (one core, and all cores with
     joblib), timed interleaved in this process; the layer x position sweep likewise."""
     import os
     sys.path.append(_HERE)
     from _timing import timed_all
-    folds = make_folds(y, groups, cv, seed=0)
     cores = os.cpu_count()
     res = {}
     fns = {"probes.sweep_activations": lambda: res.__setitem__("ours", probes.sweep_activations(
                X, y, groups, cv=cv, method="logistic", control=False)),
-           "converged loop, 1 core": lambda: res.__setitem__("loop", converged_loop(X, y, folds)),
-           f"converged loop, joblib x{cores}": lambda: converged_loop(X, y, folds, n_jobs=cores)}
+           "converged loop, 1 core": lambda: res.__setitem__("loop", converged_loop(X, y, groups, cv)),
+           f"converged loop, joblib x{cores}": lambda: converged_loop(X, y, groups, cv, n_jobs=cores)}
     t = timed_all(fns, repeats)
     diff = np.abs(res["ours"].acc_mean - res["loop"].mean(1))
     print(f"\nLayer sweep (logistic): {X.shape[0]} layers x {X.shape[1]} examples x {X.shape[2]} dims, "
@@ -92,7 +100,7 @@ def bench_sweep(X, y, groups, cv, repeats=2, positions=3):
     ours = t["probes.sweep_activations"]
     for k in list(t)[1:]:
         print(f"  speed-up vs {k:32s}: {t[k] / ours:5.1f}x")
-    exact = converged_loop(X, y, folds, tol=1e-8).mean(1)
+    exact = converged_loop(X, y, groups, cv, tol=1e-8).mean(1)
     print(f"  max |accuracy difference| per layer vs the converged loop: {diff.max():.4f}; "
           f"vs scikit-learn at tol=1e-8: {np.abs(res['ours'].acc_mean - exact).max():.4f} "
           f"(scikit-learn's own default-tol loop vs tol=1e-8: {np.abs(res['loop'].mean(1) - exact).max():.4f})")
@@ -113,9 +121,8 @@ def bench_sweep(X, y, groups, cv, repeats=2, positions=3):
     stacks = [X[:, np.roll(np.arange(X.shape[1]), p)] for p in range(positions)]
     fns = {"probes.position_sweep_from_stacks": lambda: probes.position_sweep_from_stacks(
                stacks, y, groups, positions=list(range(-positions, 0)), cv=cv, method="logistic"),
-           "converged loop, 1 core": lambda: [converged_loop(S, y, folds) for S in stacks],
-           f"converged loop, joblib x{cores}": lambda: [converged_loop(S, y, folds, n_jobs=cores)
-                                                         for S in stacks]}
+           "converged loop, 1 core": lambda: loop_positions(stacks, y, groups, cv),
+           f"converged loop, joblib x{cores}": lambda: loop_positions(stacks, y, groups, cv, n_jobs=cores)}
     t = timed_all(fns, 1)
     print(f"Layer x position sweep (logistic, {positions} positions)")
     ours = t["probes.position_sweep_from_stacks"]
