@@ -20,16 +20,18 @@ How it is fast (30 layers x 5 folds x 2 label sets are 300 problems):
 
 * the standardisation is never materialised: ``z.w = x.(w/sd) - mu.(w/sd)``, so the scores of all
   folds and label sets of a layer are one GEMM over the shared activations, the gradients another;
-* L-BFGS starts from Boehning's bound on the logistic Hessian (Boehning & Lindsay 1988:
+* L-BFGS can start from Boehning's bound on the logistic Hessian (Boehning & Lindsay 1988:
   ``H <= B = Z^T Z / (4n) + lambda I`` everywhere, and ``B`` is the Hessian at ``w = 0``) as its
   initial inverse Hessian, so the first step is a Newton step. With few rows (N well below d:
   a hundred prompts, d_model dimensions) the bound is each fold's own, applied by Woodbury
   through one N x N inverse per layer (a bound shared by the folds would push steps into
   directions only the held-out rows span, which the penalty removes only slowly); otherwise one
   dense d x d bound per layer, whichever application reads fewer bytes;
-* the bound is raced against the identity (scikit-learn's plain L-BFGS start) on every problem,
-  two columns of the same GEMMs: the bound wins where the classes overlap, the identity where a
-  layer separates them (the bound then overstates the curvature of saturated examples);
+* every problem starts as scikit-learn's does (identity initial inverse Hessian), which is fastest
+  where a layer separates the classes (the bound then overstates the curvature of the saturated
+  examples); a problem still unsolved after ``RACE_JOIN`` iterations gains a twin column from the
+  same iterate with the bound, which is fastest where the classes overlap, and the first of the two
+  to converge wins -- twins are columns of the same GEMMs;
 * the layers are interleaved over as many Python threads as torch has threads, one torch thread
   each: the many small ops of the batched loop then keep every core busy;
 * the line search re-weights precomputed scores along the step (no pass over the data), the
@@ -45,6 +47,7 @@ import torch
 from hooked.util import torch_threads
 
 METHODS = ("logistic", "mass_mean", "lda")
+RACE_JOIN = 30  # bound="auto": the iteration at which the bound joins the identity on unsolved problems
 
 
 def shrunk(cov: torch.Tensor, gamma: float) -> torch.Tensor:
@@ -193,16 +196,17 @@ def fit_logistic_folds(X: torch.Tensor, labels: np.ndarray, train_masks: np.ndar
     in *raw* activation space: ``score(x) = x @ coef + intercept``.
 
     L-BFGS (memory ``memory``) runs in each fold's standardised coordinates. ``bound="auto"``
-    races two initial inverse Hessians on every problem, and the first to reach the tolerance
-    wins (its twin stops): the inverse Boehning bound (Woodbury form over the fold's training
-    rows when N is well below d, one dense bound per layer otherwise) and the identity
-    (scikit-learn's own choice, with the same scaling). The bound needs few iterations where the
-    classes overlap; where a layer separates them, saturated examples have almost no curvature, the
-    bound overstates it in the data's top directions, and the identity converges first (real
-    SmolLM2 layers: the bound's iterations 25-62 per layer on `factual`, the identity's 31-220;
-    on `emotional` 38-53 against 7-29 after the first layer). ``"woodbury"``, ``"dense"`` or
-    ``"none"`` (the identity) runs one alone. Per iteration every column costs three passes
-    over the activations -- the step's scores (the Armijo line search then only re-weights
+    starts every problem from the identity initial inverse Hessian (scikit-learn's own start);
+    a problem unsolved after ``RACE_JOIN`` (30) iterations gains a twin, started from its iterate
+    with the inverse Boehning bound (Woodbury form over the fold's training rows when N is well
+    below d, one dense bound per layer otherwise), and the first of the two to reach the tolerance
+    wins. The identity is fastest where a layer separates the classes (saturated examples have
+    almost no curvature and the bound overstates it in the data's top directions), the bound where
+    they overlap: on real SmolLM2 layers the identity alone took 7-29 iterations per layer on
+    `emotional` (144 on the first layer; the bound 38-53) and 31-220 on `factual` (the bound
+    25-62); the bound is only built for layers that still have unsolved problems at the join.
+    ``"woodbury"``, ``"dense"`` or ``"none"`` (the identity) runs one alone. Per iteration every
+    column costs three passes over the activations -- the step's scores (the Armijo line search then only re-weights
     them, no pass), the gradient, and the bound applied to the new gradient (``H0 y`` of stored
     pairs is the difference of those, so the two-loop recursion applies no bound) -- and layers
     whose problems have all converged leave the batch.
@@ -237,7 +241,8 @@ def fit_logistic_folds(X: torch.Tensor, labels: np.ndarray, train_masks: np.ndar
     return tuple(results)
 
 
-def _fit_logistic_folds(X, labels, train_masks, C, tol, max_iter, memory, bound):
+def _fit_logistic_folds(X, labels, train_masks, C, tol, max_iter, memory, bound, join_at=None):
+    join_at = RACE_JOIN if join_at is None else join_at
     X = X.float()
     L, N, d = X.shape
     Y = torch.as_tensor(np.asarray(labels), dtype=torch.float32).reshape(-1, N)       # [K, N]
@@ -252,30 +257,30 @@ def _fit_logistic_folds(X, labels, train_masks, C, tol, max_iter, memory, bound)
     sd_all = Xc.pow(2).mean(1, keepdim=True).sqrt()
     sd_all = torch.where(sd_all < 1e-6, torch.ones_like(sd_all), sd_all)
     c0 = F * K                                            # problems per layer
-    # "auto" races two preconditioners per problem (columns [bound..., identity...]); the first to
-    # converge wins and stops its twin
-    R = 2 if bound == "auto" else 1
-    cols = R * c0
-    cm = M.repeat_interleave(K, 0).repeat(R, 1)           # [cols, N] training rows of each column
-    cy = Y.repeat(F * R, 1)                               # [cols, N] labels of each column
-    ncol = n.repeat_interleave(K).repeat(R)               # [cols]
-    lamc = lam.repeat_interleave(K).repeat(R)
     mu_p = mu.repeat_interleave(K, 1)                     # [L, c0, d] per problem
     sd_p = sd.repeat_interleave(K, 1)
-    mu_c, sd_c = mu_p.repeat(1, R, 1), sd_p.repeat(1, R, 1)  # [L, cols, d]
-    # bytes each application of the bound reads: Woodbury (two passes over the layer, the fp64
-    # restriction) against the dense d x d inverse; the cheaper one is used (similar iterations)
-    if bound == "none":
-        def precond(g):
-            return g
-        precond.state = {}
-    elif bound == "woodbury" or (bound == "auto" and 8 * N * d + 16 * N * N < 4 * d * d):
-        precond = _boehning_woodbury(Xc, sd_all, train, F, K, C)
-    else:
-        precond = _boehning_dense(Xc, sd_all, float(lam.mean()))
+    # per-column constants (one column per problem; "auto" later adds a twin column per problem)
+    col = {"m": M.repeat_interleave(K, 0),                # [cols, N] training rows of each column
+           "y": Y.repeat(F, 1),                           # [cols, N] labels of each column
+           "n": n.repeat_interleave(K),                   # [cols]
+           "lam": lam.repeat_interleave(K)}
+    col["mn"] = col["m"] / col["n"][:, None]              # training rows, weighted 1/n
+    data = {"X": Xc, "mu": mu_p, "sd": sd_p, "sa": sd_all}  # compacted as layers converge
 
-    data = {"X": Xc, "mu": mu_c, "sd": sd_c}               # compacted as layers converge
-    cmn = cm / ncol[:, None]                              # training rows, weighted 1/n
+    def make_bound():
+        # bytes each application of the bound reads: Woodbury (two passes over the layer, the fp64
+        # restriction) against the dense d x d inverse; the cheaper one is used (similar iterations)
+        if bound == "woodbury" or (bound == "auto" and 8 * N * d + 16 * N * N < 4 * d * d):
+            return _boehning_woodbury(data["X"], data["sa"], train, F, K, C)
+        return _boehning_dense(data["X"], data["sa"], float(lam.mean()))
+
+    def identity(g):
+        return g
+    identity.state = {}
+    # "auto": every problem starts from the identity; at iteration `join_at` each unsolved problem
+    # gains a twin column started from its iterate with the bound; the first of the two to converge wins
+    precond = identity if bound in ("none", "auto") else make_bound()
+    R = 1
     vecdot = torch.linalg.vecdot
 
     # v = [w, b] in the fold's standardised coordinates: one tensor [nl, cols, d + 1]
@@ -284,18 +289,19 @@ def _fit_logistic_folds(X, labels, train_masks, C, tol, max_iter, memory, bound)
         return torch.baddbmm((v[..., d] - vecdot(u, data["mu"]))[..., None], u, data["X"].transpose(1, 2))
 
     def gradient(s, v):
-        r = (torch.sigmoid(s) - cy) * cmn
+        r = (torch.sigmoid(s) - col["y"]) * col["mn"]
         gb = r.sum(-1, keepdim=True)
-        gw = torch.addcmul(torch.baddbmm(-gb * data["mu"], r, data["X"]) / data["sd"], lamc[:, None], v[..., :d])
+        gw = torch.addcmul(torch.baddbmm(-gb * data["mu"], r, data["X"]) / data["sd"], col["lam"][:, None],
+                           v[..., :d])
         return torch.cat([gw, gb], -1)
 
-    def h0(g):              # initial inverse Hessian: the bound for w, Boehning's 1/4 for b
+    def h0(g):              # initial inverse Hessian: the bound (or identity) for w, Boehning's 1/4 for b
         gw = g[..., :d]
-        hw = precond(gw) if R == 1 else torch.cat([precond(gw[:, :c0]), gw[:, c0:]], 1)
+        hw = precond(gw) if R == 1 else torch.cat([gw[:, :c0], precond(gw[:, c0:])], 1)
         return torch.cat([hw, 4.0 * g[..., d:]], -1)
 
     def loss_of(s, wsq):
-        return ((torch.nn.functional.softplus(s) - cy * s) * cm).sum(-1) / ncol + 0.5 * lamc * wsq
+        return ((torch.nn.functional.softplus(s) - col["y"] * s) * col["m"]).sum(-1) / col["n"] + 0.5 * col["lam"] * wsq
 
     def converged(g):       # scikit-learn's gtol test on [grad_w, grad_b]
         return g.abs().amax(-1) <= tol
@@ -303,17 +309,17 @@ def _fit_logistic_folds(X, labels, train_masks, C, tol, max_iter, memory, bound)
     def solved(conv):       # a problem is solved once either of its columns converged
         return conv if R == 1 else conv.view(-1, R, c0).any(1).repeat(1, R)
 
-    out_v = torch.zeros(L, cols, d + 1)
-    out_conv = torch.zeros(L, cols, dtype=torch.bool)
-    n_iter = torch.zeros(L, cols, dtype=torch.long)
+    out_v = torch.zeros(L, c0, d + 1)
+    out_conv = torch.zeros(L, c0, dtype=torch.bool)
+    n_iter = torch.zeros(L, c0, dtype=torch.long)
     i = torch.arange(L)                                   # layers still in the batch
-    v, s = torch.zeros(L, cols, d + 1), torch.zeros(L, cols, N)
-    loss = loss_of(s, torch.zeros(L, cols))
+    v, s = torch.zeros(L, c0, d + 1), torch.zeros(L, c0, N)
+    loss = loss_of(s, torch.zeros(L, c0))
     g = gradient(s, v)
     hg = h0(g)
     mem = []                                              # (s_k, y_k, H0 y_k, rho_k)
     done = solved(converged(g))
-    for _ in range(max_iter):
+    for it in range(max_iter):
         finished = done.all(1)
         n_fin = int(finished.sum())
         if n_fin and (n_fin == len(i) or n_fin >= 0.2 * len(i)):   # converged layers leave the batch
@@ -329,6 +335,20 @@ def _fit_logistic_folds(X, labels, train_masks, C, tol, max_iter, memory, bound)
                 for k, val in st.items():
                     if val.shape[0] == len(keep):
                         st[k] = val[keep]
+        if bound == "auto" and it == join_at and R == 1:
+            # the bound joins: a twin of every column, from the same iterate, with the bound and no
+            # memory of its own yet (rho 0); solved problems' twins are done already
+            precond, R = make_bound(), 2
+            for k in list(col):
+                col[k] = torch.cat([col[k], col[k]], 0)
+            for k in ("mu", "sd"):
+                data[k] = torch.cat([data[k], data[k]], 1)
+            done = torch.cat([done, converged(g)], 1)     # a stalled column's twin still runs
+            v, s, loss, g = (torch.cat([t, t], 1) for t in (v, s, loss, g))
+            mem = [(torch.cat([a, a], 1), torch.cat([b, b], 1), torch.cat([h, torch.zeros_like(h)], 1),
+                    torch.cat([rho, torch.zeros_like(rho)], 1)) for a, b, h, rho in mem]
+            hg = h0(g)
+            out_v, out_conv, n_iter = (torch.cat([t, t], 1) for t in (out_v, out_conv, n_iter))
         # two-loop recursion; H0 q = H0 g - sum alpha H0 y needs no further pass
         q, r = g, hg
         alphas = []
@@ -380,7 +400,7 @@ def _fit_logistic_folds(X, labels, train_masks, C, tol, max_iter, memory, bound)
         done = done | conv | stalled | solved(conv)
     if len(i):
         out_v[i], out_conv[i] = v, converged(g)
-    if R > 1:  # each problem: the first column that converged (the bound's if both or neither did)
+    if R > 1:  # each problem: the first column that converged (the identity's if both or neither did)
         pick = out_conv.view(L, R, c0).int().argmax(1)                         # [L, c0]
         out_v = out_v.view(L, R, c0, d + 1).gather(1, pick[:, None, :, None].expand(L, 1, c0, d + 1))[:, 0]
         out_conv = out_conv.view(L, R, c0).any(1)

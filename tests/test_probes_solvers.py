@@ -33,11 +33,18 @@ def _fit_all(X, y, folds, C, acc):
 
 
 def test_accuracy_equals_converged_sklearn_loop_per_layer():
+    """Per layer, the sweep's test predictions equal the converged scikit-learn loop's but for at most one
+    borderline example over all folds: both stop at the same gradient test (gtol 1e-4), short of the exact
+    optimum by different amounts, so an example scored within that error of zero can fall either way (with 160
+    examples one such example is 0.00625 of a layer's mean accuracy; on the real-activation bench, 320-480
+    examples, the sweep is closer to scikit-learn's exact optimum than scikit-learn's own default loop)."""
+    n = 160
     for seed, C in ((0, 1.0), (1, 0.1), (2, 10.0)):
-        X, y = residual_like(seed=seed)
+        X, y = residual_like(n=n, seed=seed)
         res = sweep_activations(X, y, cv=5, method="logistic", C=C, control=False, seed=seed)
         ref = sklearn_loop(X, y, make_folds(y, None, 5, seed=seed), C=C)
-        assert np.abs(res.acc_mean - ref.mean(1)).max() <= 0.005, (seed, C, res.acc_mean, ref.mean(1))
+        flipped = np.abs(res.acc_mean - ref.mean(1)) * n  # mean over 5 folds of n/5 examples: examples differing
+        assert flipped.max() <= 1 + 1e-9, (seed, C, res.acc_mean, ref.mean(1))
 
 
 @pytest.mark.parametrize("n,d,bound", [(120, 10, "auto"), (50, 80, "woodbury"), (50, 80, "dense"),
@@ -64,21 +71,33 @@ def test_logistic_solution_matches_sklearn_coefficients(n, d, bound):
             assert abs(float(intercept[layer, f, 0]) - b) < 5e-3 * (1 + abs(b))
 
 
-def test_auto_races_the_bound_against_the_identity():
-    """Each problem of the race stops when the first of its two columns converges: its iterations are the
-    fewer of the two run alone, and its solution is the one that converged."""
+def test_auto_starts_from_the_identity_and_races_the_bound_on_unsolved_problems():
+    """bound="auto": scikit-learn's identity start on every problem; a problem unsolved after RACE_JOIN
+    iterations gains a twin from the same iterate with the Boehning bound, and the first to converge wins."""
+    from probes import solvers
+
     X, y = residual_like(L=4, n=80, d=120, seed=5)
     folds = make_folds(y, None, 4, seed=0)
     masks = np.zeros((4, len(y)), bool)
     for f, (tr, _) in enumerate(folds):
         masks[f, tr] = True
-    run = {b: fit_logistic_folds(X, y[None], masks, bound=b, workers=1) for b in ("auto", "dense", "woodbury", "none")}
-    bound = "woodbury" if 8 * 80 * 120 + 16 * 80 * 80 < 4 * 120 * 120 else "dense"  # the bound "auto" uses here
-    fewest = torch.minimum(run[bound][2], run["none"][2])
-    assert (run["auto"][2] - fewest).abs().max() <= 1
-    assert not torch.equal(run[bound][2], run["none"][2])  # the two differ, so the race had a choice
-    assert bool(run["auto"][3].all())
-    np.testing.assert_allclose(run["auto"][0], run[bound][0], rtol=1e-2, atol=2e-3)  # both at the optimum
+    alone = fit_logistic_folds(X, y[None], masks, bound="none", workers=1)
+    bound = fit_logistic_folds(X, y[None], masks, bound="dense", workers=1)
+    assert int(alone[2].min()) > 5 and int(bound[2].max()) < int(alone[2].min())  # the bound is faster here
+    for join in (0, 5, 1000):
+        solvers.RACE_JOIN = join
+        try:
+            auto = fit_logistic_folds(X, y[None], masks, workers=1)
+        finally:
+            solvers.RACE_JOIN = 30
+        assert bool(auto[3].all())
+        if join >= int(alone[2].max()):  # every problem solved before the bound joins: the identity alone
+            assert torch.equal(auto[2], alone[2])
+            np.testing.assert_allclose(auto[0], alone[0], rtol=1e-5, atol=1e-6)
+        else:  # the bound's twin, started at `join`, solves each problem first: join + its own iterations
+            assert bool((auto[2] > join).all()) and bool((auto[2] < alone[2]).all())
+            assert bool((auto[2] <= join + bound[2] + 3).all())
+            np.testing.assert_allclose(auto[0], bound[0], rtol=1e-2, atol=2e-3)  # both at the optimum
 
 
 def test_unknown_bound_is_an_error():
