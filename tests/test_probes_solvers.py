@@ -17,6 +17,15 @@ def residual_like(L=5, n=160, d=24, seed=0):
     return synthetic_stack(L, n, d, rank=6, strength=0.6 * L, offset=20.0, seed=seed, scales=(4.0, 0.5))
 
 
+def fold_masks(y, cv, seed=0):
+    """Stratified folds and their boolean training-row masks ``[cv, N]``."""
+    folds = make_folds(y, None, cv, seed=seed)
+    masks = np.zeros((cv, len(y)), bool)
+    for f, (tr, _) in enumerate(folds):
+        masks[f, tr] = True
+    return folds, masks
+
+
 def sklearn_loop(X, y, folds, C=1.0):
     acc = np.zeros((X.shape[0], len(folds)))
     with threadpool_limits(1, "blas"):  # tiny fits: threads only add contention
@@ -48,15 +57,13 @@ def test_accuracy_equals_converged_sklearn_loop_per_layer():
 
 
 @pytest.mark.parametrize("n,d,bound", [(120, 10, "auto"), (50, 80, "woodbury"), (50, 80, "dense"),
-                                       (40, 200, "auto"), (50, 80, "none")])  # auto: dense for n > d, Woodbury for n << d
-# (the identity alone stops at the same gradient test further from the optimum on this ill-conditioned
-# problem, as scikit-learn's own L-BFGS does: it is held to a tighter tol for the coefficient check)
+                                       (40, 200, "auto"), (50, 80, "none")])
 def test_logistic_solution_matches_sklearn_coefficients(n, d, bound):
+    """The bound's kinds (the dense bound for n > d, Woodbury for n << d) and the identity reach scikit-learn's
+    optimum (the identity alone stops at the same gradient test further from it on this ill-conditioned problem,
+    as scikit-learn's own L-BFGS does: it is held to a tighter tol here)."""
     X, y = residual_like(L=2, n=n, d=d, seed=3)
-    folds = make_folds(y, None, 4, seed=0)
-    masks = np.zeros((4, len(y)), bool)
-    for f, (tr, _) in enumerate(folds):
-        masks[f, tr] = True
+    folds, masks = fold_masks(y, 4)
     tol = 3e-5 if bound == "none" else 1e-4
     coef, intercept, n_iter, converged = fit_logistic_folds(X, y[None], masks, C=0.5, tol=tol, bound=bound)
     assert bool(converged.all())
@@ -77,10 +84,7 @@ def test_auto_starts_from_the_identity_and_races_the_bound_on_unsolved_problems(
     from probes import solvers
 
     X, y = residual_like(L=4, n=80, d=120, seed=5)
-    folds = make_folds(y, None, 4, seed=0)
-    masks = np.zeros((4, len(y)), bool)
-    for f, (tr, _) in enumerate(folds):
-        masks[f, tr] = True
+    folds, masks = fold_masks(y, 4)
     alone = fit_logistic_folds(X, y[None], masks, bound="none", workers=1)
     bound = fit_logistic_folds(X, y[None], masks, bound="dense", workers=1)
     assert int(alone[2].min()) > 5 and int(bound[2].max()) < int(alone[2].min())  # the bound is faster here
@@ -108,10 +112,7 @@ def test_unknown_bound_is_an_error():
 
 def test_control_labels_are_fitted_alongside_the_task():
     X, y = residual_like(L=3, seed=4)
-    folds = make_folds(y, None, 5, seed=0)
-    masks = np.zeros((5, len(y)), bool)
-    for f, (tr, _) in enumerate(folds):
-        masks[f, tr] = True
+    folds, masks = fold_masks(y, 5)
     ctrl = np.random.default_rng(0).permutation(y)
     both = fit_logistic_folds(X, np.stack([y, ctrl]), masks)[0]
     alone = fit_logistic_folds(X, ctrl[None], masks)[0]
@@ -121,10 +122,7 @@ def test_control_labels_are_fitted_alongside_the_task():
 def test_layers_split_over_worker_threads_give_the_same_fits():
     """``workers``: layers interleaved over Python threads, each layer fitted as in one stream."""
     X, y = residual_like(L=5, seed=2)
-    folds = make_folds(y, None, 5, seed=0)
-    masks = np.zeros((5, len(y)), bool)
-    for f, (tr, _) in enumerate(folds):
-        masks[f, tr] = True
+    folds, masks = fold_masks(y, 5)
     one = fit_logistic_folds(X, y[None], masks, workers=1)
     for workers in (2, 3):
         split = fit_logistic_folds(X, y[None], masks, workers=workers)
