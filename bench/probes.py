@@ -4,7 +4,8 @@
    L-BFGS run, :mod:`probes.solvers`) against the converged scikit-learn loop a researcher would
    write -- ``StandardScaler`` + ``LogisticRegression(max_iter=5000)`` per layer per fold -- on one
    core and on all cores with joblib, timed interleaved in this process (plus CPU seconds of the
-   sweep and the one-core loop); the layer x position sweep likewise.
+   sweep and the one-core loop); the layer x position sweep likewise (real activations: the
+   last ``--positions`` tokens of each text; synthetic: independent draws with the same labels).
 2. Knowledge-entropy throughput (tokens/s, hooks on every ``mlp.hidden.L``) against a bare forward.
 
 Usage::
@@ -39,18 +40,24 @@ from probes.cv import make_folds  # noqa: E402
 from probes.datasets import synthetic_stack  # noqa: E402
 
 
-def synthetic(L=30, N=1500, d=576, seed=0):
-    """Residual-like stack whose concept strength grows with depth (probes.datasets.synthetic_stack)."""
-    X, y = synthetic_stack(L, N, d, rank=32, strength=1.2, seed=seed)
-    return X, y, None
+def synthetic(L=30, N=1500, d=576, seed=0, positions=3):
+    """Residual-like stack whose concept strength grows with depth (probes.datasets.synthetic_stack);
+    ``positions`` stacks (independent draws, the same labels; the first is the layer sweep's) stand in for
+    token positions."""
+    stacks = [synthetic_stack(L, N, d, rank=32, strength=1.2, seed=seed + p)[0] for p in range(positions)]
+    _, y = synthetic_stack(1, N, 2, seed=seed)
+    return stacks[0], y, None, stacks
 
 
-def real(model_name, dataset, n):
+def real(model_name, dataset, n, positions=3):
+    """``resid_post`` of every layer at the last ``positions`` tokens of each text (the last one is the
+    layer sweep's stack)."""
     import hooked
     model = hooked.load_model(model_name)
     ds = probes.datasets.load(dataset, n=n)
-    acts = model.capture(ds.texts, sites="resid_post.*", batch_size=32, progress=True)
-    return acts.stack("resid_post.*").float(), ds.labels, ds.groups
+    stacks = [model.capture(ds.texts, sites="resid_post.*", positions=-p, batch_size=32, progress=True)
+              .stack("resid_post.*").float() for p in range(positions, 0, -1)]
+    return stacks[-1], ds.labels, ds.groups, stacks
 
 
 def converged_loop(X, y, groups, cv, n_jobs=1, tol=1e-4, folds=None):
@@ -79,7 +86,7 @@ def loop_positions(stacks, y, groups, cv, n_jobs=1):
     return [converged_loop(S, y, groups, cv, n_jobs=n_jobs, folds=folds) for S in stacks]
 
 
-def bench_sweep(X, y, groups, cv, repeats=2, positions=3):
+def bench_sweep(X, y, groups, cv, stacks, repeats=2):
     """Ratios of the batched sweep against the converged loop (one core, and all cores with
     joblib), timed interleaved in this process; the layer x position sweep likewise."""
     import os
@@ -117,8 +124,8 @@ def bench_sweep(X, y, groups, cv, repeats=2, positions=3):
         cpu[k] = time.process_time() - c
     print(f"  CPU time: sweep {cpu['probes.sweep_activations']:.2f} s, loop {cpu['converged loop, 1 core']:.2f} s "
           f"-> {cpu['converged loop, 1 core'] / cpu['probes.sweep_activations']:.1f}x")
-    # layer x position: P shifted copies stand in for P token positions (same shapes, same work)
-    stacks = [X[:, np.roll(np.arange(X.shape[1]), p)] for p in range(positions)]
+    # layer x position: the stacks of the last P token positions
+    positions = len(stacks)
     fns = {"probes.position_sweep_from_stacks": lambda: probes.position_sweep_from_stacks(
                stacks, y, groups, positions=list(range(-positions, 0)), cv=cv, method="logistic"),
            "converged loop, 1 core": lambda: loop_positions(stacks, y, groups, cv),
@@ -172,10 +179,10 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if not args.skip_sweep:
         if args.acts:
-            X, y, groups = real(args.model, args.acts, args.n)
+            X, y, groups, stacks = real(args.model, args.acts, args.n, args.positions)
         else:
-            X, y, groups = synthetic(args.layers, args.n, args.d)
-        bench_sweep(X, y, groups, args.cv, repeats=args.repeats, positions=args.positions)
+            X, y, groups, stacks = synthetic(args.layers, args.n, args.d, positions=args.positions)
+        bench_sweep(X, y, groups, args.cv, stacks, repeats=args.repeats)
     if not args.skip_entropy:
         import hooked
         model = hooked.tiny_model("llama", seed=0) if args.model == "tiny" else hooked.load_model(args.model)
