@@ -100,7 +100,7 @@ def _fold_stats(Xc, M, n):
     return mu, torch.where(sd < 1e-6 * (1 + mu.abs()), torch.ones_like(sd), sd)
 
 
-def _boehning_woodbury(Xc, sd_all, train, F, K, C):
+def _boehning_woodbury(data, train, F, K, C):
     """``g -> B_f^-1 g`` for every column, with Boehning's bound of the column's own training rows,
     ``B_f = Xs_T^T Xs_T / (4n) + I/(C n)`` (``Xs``: the layer standardised once), by Woodbury::
 
@@ -110,7 +110,12 @@ def _boehning_woodbury(Xc, sd_all, train, F, K, C):
     ``(A_TT)^-1 = A^-1_TT - A^-1_TE (A^-1_EE)^-1 A^-1_ET`` -- only the test block (|E| = N/F rows)
     is inverted per fold. The bound's rows are those the fold trains on, so a step never leans on
     held-out rows (with n < d a shared bound would add components outside the fold's span that
-    the penalty removes only slowly)."""
+    the penalty removes only slowly).
+
+    ``data``: the solver's per-layer tensors; the layer stack (``"X"``, centred) and its sd (``"sa"``) are
+    read from it at each application, so the solver's compaction of ``data`` as layers converge serves
+    the bound too (its own state holds only the per-layer inverses)."""
+    Xc, sd_all = data["X"], data["sa"]
     L, N, d = Xc.shape
     Xs = Xc / sd_all
     A = torch.bmm(Xs, Xs.transpose(1, 2)).double() + (4.0 / C) * torch.eye(N, dtype=torch.float64)
@@ -129,16 +134,16 @@ def _boehning_woodbury(Xc, sd_all, train, F, K, C):
     gidx = idx[None, :, None, :]
     # the fold restriction subtracts nearly equal terms: it stays in fp64 (in fp32 the bound's
     # output loses its sign in the top directions and L-BFGS stalls)
-    st = {"Ai": Ainv, "W": torch.linalg.inv(ee), "Ce": cols_e, "X": Xc, "sa": sd_all}
+    st = {"Ai": Ainv, "W": torch.linalg.inv(ee), "Ce": cols_e}
     scale = (rows.sum(1) * C)[:, None]                                              # n C per column
 
     def apply(g):
         nl = g.shape[0]
-        t = (torch.bmm(g / st["sa"], st["X"].transpose(1, 2)) * rows).double()    # Xs_T g  [nl, FK, N]
+        t = (torch.bmm(g / data["sa"], data["X"].transpose(1, 2)) * rows).double()  # Xs_T g  [nl, FK, N]
         phi = torch.bmm(t, st["Ai"]).view(nl, F, K, N)
         corr = torch.matmul(torch.matmul(torch.gather(phi, 3, gidx.expand(nl, F, K, m)), st["W"]), st["Ce"])
         t = ((phi - corr).view(nl, F * K, N) * rows).float()                      # A_TT^-1 Xs_T g
-        return scale * (g - torch.bmm(t, st["X"]) / st["sa"])
+        return scale * (g - torch.bmm(t, data["X"]) / data["sa"])
     apply.state = st
     return apply
 
@@ -206,10 +211,10 @@ def fit_logistic_folds(X: torch.Tensor, labels: np.ndarray, train_masks: np.ndar
     `emotional` (144 on the first layer; the bound 38-53) and 31-220 on `factual` (the bound
     25-62); the bound is only built for layers that still have unsolved problems at the join.
     ``"woodbury"``, ``"dense"`` or ``"none"`` (the identity) runs one alone. Per iteration every
-    column costs three passes over the activations -- the step's scores (the Armijo line search then only re-weights
-    them, no pass), the gradient, and the bound applied to the new gradient (``H0 y`` of stored
-    pairs is the difference of those, so the two-loop recursion applies no bound) -- and layers
-    whose problems have all converged leave the batch.
+    column costs two passes over the activations -- the step's scores (the Armijo line search then
+    only re-weights them, no pass) and the gradient -- and a column with the bound a third, the bound
+    applied to the new gradient (``H0 y`` of stored pairs is the difference of those, so the
+    two-loop recursion applies no bound); layers whose problems have all converged leave the batch.
 
     ``workers`` (default: torch's thread count): the layers are split (interleaved, so deep and
     shallow layers mix) over that many Python threads, each running its share with one torch
@@ -241,8 +246,8 @@ def fit_logistic_folds(X: torch.Tensor, labels: np.ndarray, train_masks: np.ndar
     return tuple(results)
 
 
-def _fit_logistic_folds(X, labels, train_masks, C, tol, max_iter, memory, bound, join_at=None):
-    join_at = RACE_JOIN if join_at is None else join_at
+def _fit_logistic_folds(X, labels, train_masks, C, tol, max_iter, memory, bound):
+    join_at = RACE_JOIN  # read at call time (a test moves it)
     X = X.float()
     L, N, d = X.shape
     Y = torch.as_tensor(np.asarray(labels), dtype=torch.float32).reshape(-1, N)       # [K, N]
@@ -271,7 +276,7 @@ def _fit_logistic_folds(X, labels, train_masks, C, tol, max_iter, memory, bound,
         # bytes each application of the bound reads: Woodbury (two passes over the layer, the fp64
         # restriction) against the dense d x d inverse; the cheaper one is used (similar iterations)
         if bound == "woodbury" or (bound == "auto" and 8 * N * d + 16 * N * N < 4 * d * d):
-            return _boehning_woodbury(data["X"], data["sa"], train, F, K, C)
+            return _boehning_woodbury(data, train, F, K, C)
         return _boehning_dense(data["X"], data["sa"], float(lam.mean()))
 
     def identity(g):
@@ -396,8 +401,7 @@ def _fit_logistic_folds(X, labels, train_masks, C, tol, max_iter, memory, bound,
             mem.pop(0)
         g, hg = g_n, hg_n
         n_iter[i] += (act & ~stalled).long()
-        conv = converged(g)
-        done = done | conv | stalled | solved(conv)
+        done = done | stalled | solved(converged(g))
     if len(i):
         out_v[i], out_conv[i] = v, converged(g)
     if R > 1:  # each problem: the first column that converged (the identity's if both or neither did)
