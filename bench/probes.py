@@ -44,9 +44,9 @@ def synthetic(L=30, N=1500, d=576, seed=0, positions=3):
     """Residual-like stack whose concept strength grows with depth (probes.datasets.synthetic_stack);
     ``positions`` stacks (independent draws, the same labels; the first is the layer sweep's) stand in for
     token positions."""
-    stacks = [synthetic_stack(L, N, d, rank=32, strength=1.2, seed=seed + p)[0] for p in range(positions)]
-    _, y = synthetic_stack(1, N, 2, seed=seed)
-    return stacks[0], y, None, stacks
+    draws = [synthetic_stack(L, N, d, rank=32, strength=1.2, seed=seed + p) for p in range(positions)]
+    stacks = [X for X, _ in draws]
+    return stacks[0], draws[0][1], None, stacks
 
 
 def real(model_name, dataset, n, positions=3):

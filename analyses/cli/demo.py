@@ -12,9 +12,6 @@ from .options import add_model_options
 def cmd_demo(args) -> int:
     if args.threads < 0:
         raise ValueError(f"--threads {args.threads}: give a positive thread count, or 0 for torch's own setting.")
-    if args.jobs is not None and args.jobs < 1:
-        raise ValueError(f"--jobs {args.jobs}: give the number of worker processes, 1 or more (1: every stage in "
-                         "one process, in order).")
     out = run_demo(model=args.model, out_root=Path(args.out), quick=args.quick, backend=args.backend,
                    device=args.device, stages=args.stages,
                    keep_checkpoints=args.keep_checkpoints, threads=args.threads or None, jobs=args.jobs)

@@ -92,8 +92,6 @@ def run_demo(model: str = "smollm2-135m-instruct", out_root: Path = Path("runs")
         freed = ctx.release_policy()
         if freed:
             print(f"DPO policy deleted after the policy studies ({freed / 2**20:.0f} MB)", flush=True)
-    if ctx.model_info():
-        report["model"], report["model_info"] = ctx.model_info()["name"], ctx.model_info()
     report["seconds_total"] = round(time.time() - t0, 1)
     report["cpu_seconds_total"] = round(_cpu_seconds() - cpu0, 1)
     report["load_average_1min"] = {"start": round(load0, 2), "end": round(os.getloadavg()[0], 2)}
@@ -123,14 +121,14 @@ def _execute(ctx: DemoContext, st: Stage, t0: float) -> dict:
     secs, cpu_secs = time.perf_counter() - t, time.process_time() - cpu
     print(f"[{st.name}: {secs:.1f} s, {cpu_secs:.1f} CPU s]", flush=True)
     return {"name": st.name, "status": status, "seconds": round(secs, 1), "cpu_seconds": round(cpu_secs, 1),
-            "started": round(start, 1), "pid": os.getpid(), "numbers": numbers, "text": text,
+            "started": round(start, 1), "numbers": numbers, "text": text,
             "policy_dir": None if ctx.policy_dir is None else str(ctx.policy_dir), "model": ctx.model_info()}
 
 
 def _failed(st: Stage, error: BaseException, t0: float) -> dict:
     msg = f"{type(error).__name__}: {error}"
     return {"name": st.name, "status": "failed", "seconds": 0.0, "cpu_seconds": 0.0,
-            "started": round(time.time() - t0, 1), "pid": None, "numbers": {"error": msg},
+            "started": round(time.time() - t0, 1), "numbers": {"error": msg},
             "text": f"**failed** (its worker process): `{msg}`", "policy_dir": None, "model": None}
 
 
