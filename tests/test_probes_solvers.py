@@ -121,6 +121,25 @@ def test_lowrank_bound_is_the_bounds_inverse_on_its_top_directions(rank):
                               atol=1e-3 * float(ref.abs().max()))
 
 
+def test_auto_races_the_identity_against_the_bounds_twin_held_to_a_tighter_test(monkeypatch):
+    """bound="auto": every problem as scikit-learn runs it (identity) and as a twin with the low-rank bound,
+    which must reach TWIN_TOL x tol; the first to converge wins."""
+    from probes import solvers
+
+    X, y = residual_like(L=4, n=80, d=120, seed=5)
+    folds, masks = fold_masks(y, 4)
+    alone = fit_logistic_folds(X, y[None], masks, bound="none", workers=1)
+    tight = fit_logistic_folds(X, y[None], masks, bound="lowrank", tol=1e-4 * solvers.TWIN_TOL, workers=1)
+    assert int(tight[2].max()) < int(alone[2].min())            # the bound's twin is faster here, even held tighter
+    auto = fit_logistic_folds(X, y[None], masks, workers=1)
+    assert bool(auto[3].all()) and torch.equal(auto[2], tight[2])
+    np.testing.assert_allclose(auto[0], tight[0], rtol=1e-4, atol=1e-6)
+    monkeypatch.setattr(solvers, "TWIN_TOL", 1e-12)              # a twin that can never win: the identity alone
+    never = fit_logistic_folds(X, y[None], masks, workers=1)
+    assert torch.equal(never[2], alone[2])
+    np.testing.assert_allclose(never[0], alone[0], rtol=1e-5, atol=1e-6)
+
+
 def test_unknown_bound_is_an_error():
     X, y = residual_like(L=1)
     with pytest.raises(ValueError, match="woodbury"):
