@@ -126,15 +126,18 @@ def bench_sweep(X, y, groups, cv, stacks, repeats=2):
           f"-> {cpu['converged loop, 1 core'] / cpu['probes.sweep_activations']:.1f}x")
     # layer x position: the stacks of the last P token positions
     positions = len(stacks)
-    fns = {"probes.position_sweep_from_stacks": lambda: probes.position_sweep_from_stacks(
-               stacks, y, groups, positions=list(range(-positions, 0)), cv=cv, method="logistic"),
-           "converged loop, 1 core": lambda: loop_positions(stacks, y, groups, cv),
+    fns = {"probes.position_sweep_from_stacks": lambda: res.__setitem__("pos", probes.position_sweep_from_stacks(
+               stacks, y, groups, positions=list(range(-positions, 0)), cv=cv, method="logistic")),
+           "converged loop, 1 core": lambda: res.__setitem__("pos_loop", loop_positions(stacks, y, groups, cv)),
            f"converged loop, joblib x{cores}": lambda: loop_positions(stacks, y, groups, cv, n_jobs=cores)}
     t = timed_all(fns, 1)
     print(f"Layer x position sweep (logistic, {positions} positions)")
     ours = t["probes.position_sweep_from_stacks"]
     for k in list(t)[1:]:
         print(f"  speed-up vs {k:32s}: {t[k] / ours:5.1f}x  ({t[k]:.2f} s vs {ours:.2f} s)")
+    loop_acc = np.stack([a.mean(1) for a in res["pos_loop"]], 1)                  # [layers, positions]
+    print("  max |accuracy difference| per (layer, position) vs the converged loop, per position: "
+          + ", ".join(f"{p}: {d:.4f}" for p, d in zip(range(-positions, 0), np.abs(res["pos"].acc_mean - loop_acc).max(0))))
     return t
 
 
