@@ -252,8 +252,8 @@ def fit_logistic_folds(X: torch.Tensor, labels: np.ndarray, train_masks: np.ndar
     ``H0 g = r * B^-1 (r * g)`` with ``r = sd_fold / sd_layer`` per feature. A held-out outlier row
     makes a feature's fold sd far smaller than the layer's (0.46 of it on a SmolLM2 layer), and the
     unscaled bound then mis-states that feature's curvature by ``1/r^2``: on the third-from-last
-    token of `emotional` it took 124-366 iterations a layer where the scaled low-rank bound takes 57-106
-    and the identity 77-161.
+    token of `emotional` the unscaled dense bound took 162-366 iterations a layer, the scaled one (and
+    the scaled low-rank one) 57-106, the identity 77-161.
 
     Why the race and the twin's tighter test: at the same gradient test (sup norm <= ``tol``, as
     scikit-learn's ``gtol``) a preconditioned run stops farther from the optimum than the identity's
