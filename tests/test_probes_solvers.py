@@ -98,7 +98,7 @@ def test_the_bound_is_carried_into_each_folds_coordinates():
 def test_lowrank_bound_is_the_bounds_inverse_on_its_top_directions(rank):
     """``P = U diag(1/(e_i + lam)) U^T + (I - U U^T)/(e_{r+1} + lam)`` from the exact eigendecomposition of
     ``Xs^T Xs / (4N)``; with r >= d - 1 it is the exact inverse ``B^-1``."""
-    from probes.solvers import _boehning_dense, _boehning_lowrank
+    from probes.preconditioners import boehning_dense, boehning_lowrank
 
     g = torch.Generator().manual_seed(0)
     n, d = 200, 24
@@ -114,10 +114,10 @@ def test_lowrank_bound_is_the_bounds_inverse_on_its_top_directions(rank):
     Ur = U[..., :r]
     ref = Ur @ torch.diag_embed(1 / (e[:, :r] + lam)) @ Ur.transpose(1, 2) + (
         torch.eye(d, dtype=torch.float64) - Ur @ Ur.transpose(1, 2)) / (e[:, r:r + 1, None] + lam)
-    P = _boehning_lowrank(Xc, sd, lam, rank=rank)(torch.eye(d).expand(2, d, d).contiguous()).double()
+    P = boehning_lowrank(Xc, sd, lam, rank=rank)(torch.eye(d).expand(2, d, d).contiguous()).double()
     assert torch.allclose(P, ref, rtol=1e-3, atol=1e-3 * float(ref.abs().max()))
     if r == d - 1:
-        assert torch.allclose(P, _boehning_dense(Xc, sd, lam).state["Binv"].double(), rtol=1e-3,
+        assert torch.allclose(P, boehning_dense(Xc, sd, lam).state["Binv"].double(), rtol=1e-3,
                               atol=1e-3 * float(ref.abs().max()))
 
 
@@ -190,7 +190,7 @@ def test_accuracy_equals_sklearn_when_n_below_d():
 @pytest.mark.parametrize("n,d", [(30, 50), (60, 20)])  # fewer rows than features: by Woodbury; more: directly
 def test_dense_bound_is_the_inverse_of_boehnings_bound(n, d):
     """The dense preconditioner is ``B^-1``, ``B = Xs^T Xs / (4N) + lam I`` (Xs: the layer standardised), however built."""
-    from probes.solvers import _boehning_dense
+    from probes.preconditioners import boehning_dense
 
     g = torch.Generator().manual_seed(0)
     X = torch.randn(2, n, d, generator=g) * torch.linspace(0.5, 3.0, d) + 1.0
@@ -199,5 +199,5 @@ def test_dense_bound_is_the_inverse_of_boehnings_bound(n, d):
     lam = 1.0 / (0.8 * n)
     Xs = (Xc / sd).double()
     B = Xs.transpose(1, 2) @ Xs / (4 * n) + lam * torch.eye(d, dtype=torch.float64)
-    Binv = _boehning_dense(Xc, sd, lam).state["Binv"].double()
+    Binv = boehning_dense(Xc, sd, lam).state["Binv"].double()
     assert torch.allclose(Binv @ B, torch.eye(d, dtype=torch.float64).expand(2, d, d), atol=2e-4)
