@@ -55,8 +55,8 @@ def real(model_name, dataset, n, positions=3):
     import hooked
     model = hooked.load_model(model_name)
     ds = probes.datasets.load(dataset, n=n)
-    stacks = [model.capture(ds.texts, sites="resid_post.*", positions=-p, batch_size=32, progress=True)
-              .stack("resid_post.*").float() for p in range(positions, 0, -1)]
+    stacks, _, _, _ = probes.sweep.position_stacks(model, ds, "resid_post.*", list(range(-positions, 0)),
+                                                   batch_size=32, progress=True)             # one capture
     return stacks[-1], ds.labels, ds.groups, stacks
 
 

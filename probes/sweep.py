@@ -302,16 +302,13 @@ def position_sweep_from_stacks(stacks, y, groups=None, *, positions, sites=None,
                          params=dict(cv=cv, method=method, seed=seed, C=C, shrinkage=shrinkage))
 
 
-def position_sweep(model, dataset, sites="resid_post.*", positions=None, cv=5, method="mass_mean",
-                   seed=0, batch_size=16, progress=None, **kw) -> PositionSweep:
-    """Probe every layer at each of the last few token positions (a layers x positions heatmap).
+def position_stacks(model, dataset, sites="resid_post.*", positions=None, batch_size=16, progress=None):
+    """One capture of the last few token positions of every prompt, as one ``[L, n, d]`` stack per position.
 
     ``positions``: offsets from each prompt's last real token (``-1`` = last), an int or a list
     of distinct negative ints in the :mod:`hooked.positions` vocabulary; default: the last
-    ``min(8, shortest prompt length)`` tokens. One capture of those positions; probes are then
-    fitted per (layer, position) by :func:`position_sweep_from_stacks` -- the closed-form
-    ``mass_mean`` default keeps it fast.
-    """
+    ``min(8, shortest prompt length)`` tokens. Returns ``(stacks, offsets, sites, dataset)``: the stacks
+    in the order of ``offsets``, ``sites`` expanded to concrete names (the stacks' layer axis)."""
     ds = as_dataset(dataset)
     concrete = _expand(model, sites)
     shortest = int(model.tokenize(ds.texts)["attention_mask"].sum(1).min())
@@ -333,6 +330,20 @@ def position_sweep(model, dataset, sites="resid_post.*", positions=None, cv=5, m
     row_of = {(int(i), int(t)): r for r, (i, t) in enumerate(acts.index.tolist())}
     stacks = [full[:, torch.as_tensor([row_of[(i, int(length[i]) + p)] for i in range(n)])]
               for p in offsets]
+    return stacks, offsets, concrete, ds
+
+
+def position_sweep(model, dataset, sites="resid_post.*", positions=None, cv=5, method="mass_mean",
+                   seed=0, batch_size=16, progress=None, **kw) -> PositionSweep:
+    """Probe every layer at each of the last few token positions (a layers x positions heatmap).
+
+    ``positions``: offsets from each prompt's last real token (``-1`` = last), an int or a list
+    of distinct negative ints in the :mod:`hooked.positions` vocabulary; default: the last
+    ``min(8, shortest prompt length)`` tokens. One capture of those positions
+    (:func:`position_stacks`); probes are then fitted per (layer, position) by
+    :func:`position_sweep_from_stacks` -- the closed-form ``mass_mean`` default keeps it fast.
+    """
+    stacks, offsets, concrete, ds = position_stacks(model, dataset, sites, positions, batch_size, progress)
     res = position_sweep_from_stacks(stacks, ds.labels, ds.groups, positions=offsets, sites=concrete,
                                      cv=cv, method=method, seed=seed, **kw)
     res.params.update(dataset=ds.name, model=getattr(model, "name", None))

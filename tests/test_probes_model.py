@@ -122,6 +122,16 @@ def test_layer_sweep_on_tiny_model(llama):
         probes.position_sweep(llama, ds, positions="last", cv=4)
 
 
+def test_position_stacks_equal_one_capture_per_position(llama):
+    """One capture of several positions, mapped back per prompt, equals capturing each offset alone."""
+    ds = probes.datasets.load("factual", n=40)
+    stacks, offsets, sites, _ = probes.sweep.position_stacks(llama, ds, "resid_post.*", [-3, -2, -1])
+    assert offsets == [-3, -2, -1] and sites == [f"resid_post.{i}" for i in range(3)]
+    for p, S in zip(offsets, stacks):
+        alone = llama.capture(ds.texts, sites="resid_post.*", positions=p).stack("resid_post.*").float()
+        assert S.shape == alone.shape and torch.equal(S, alone)
+
+
 def test_layer_sweep_control_task_and_normed_mid_representation(llama):
     ds = probes.datasets.load("factual", n=40)
     res = probes.layer_sweep(llama, ds, cv=4, method="mass_mean")     # built-in types: control on
